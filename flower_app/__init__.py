@@ -1,0 +1,1 @@
+"""Flower app for measuring the communication cost of federated learning."""

@@ -1,0 +1,72 @@
+"""The ClientApp: report the partition id, train locally, evaluate locally."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flower_app.config import ExperimentConfig, parse
+from flower_app.models import build_model
+from flower_app.task import client_data, evaluate, round_generator, train
+from mods import keys
+
+
+def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
+    """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
+    app = ClientApp()
+
+    def setup(context: Context) -> tuple[ExperimentConfig, int, int]:
+        torch.set_num_threads(1)  # one CPU per simulated client; several run side by side
+        config = parse(run_config or dict(context.run_config))
+        partition_id = int(context.node_config[keys.PARTITION_ID])
+        num_partitions = int(context.node_config[keys.NUM_PARTITIONS])
+        return config, partition_id, num_partitions
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        _, partition_id, num_partitions = setup(context)
+        metrics = MetricRecord(
+            {keys.PARTITION_ID: partition_id, keys.NUM_PARTITIONS: num_partitions}
+        )
+        return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+
+    @app.train()
+    def train_handler(msg: Message, context: Context) -> Message:
+        config, partition_id, num_partitions = setup(context)
+        server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
+        model = build_model(config.model, config.seed)
+        model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+        data = client_data(config, partition_id, num_partitions)
+        generator = round_generator(config.seed, server_round, partition_id)
+        loss = train(
+            model,
+            data,
+            config.local_epochs,
+            config.batch_size,
+            config.lr,
+            config.momentum,
+            generator,
+        )
+        metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data)})
+        content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.METRICS: metrics})
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_handler(msg: Message, context: Context) -> Message:
+        config, partition_id, num_partitions = setup(context)
+        model = build_model(config.model, config.seed)
+        model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+        data = client_data(config, partition_id, num_partitions)
+        loss, accuracy = evaluate(model, data)
+        metrics = MetricRecord(
+            {keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: accuracy, keys.NUM_EXAMPLES: len(data)}
+        )
+        return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,185 @@
+"""Run-config: pyproject defaults, overrides, and validation into a frozen dataclass.
+
+Every check runs before round 1 and fails with a `ConfigError` whose message is one
+line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+STRATEGIES = ("fedavg",)
+MODELS = ("cnn", "logistic")
+DATASETS = ("fashion-mnist", "mnist", "synthetic")
+PARTITIONERS = ("iid", "dirichlet", "classes")
+
+
+class ConfigError(ValueError):
+    """A run-config value that is not allowed; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The validated run-config of one experiment (keys in kebab-case in pyproject)."""
+
+    strategy: str
+    model: str
+    dataset: str
+    data_dir: str
+    partitioner: str
+    dirichlet_alpha: float
+    classes_per_client: int
+    balancedness: float
+    num_server_rounds: int
+    fraction_train: float
+    fraction_evaluate: float
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    seed: int
+    output_dir: str
+    run_name: str
+
+    def to_flat(self) -> dict[str, Any]:
+        """Return the config as Flower's flat kebab-case run-config."""
+        return {key.replace("_", "-"): value for key, value in asdict(self).items()}
+
+
+def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
+    """Read `[tool.flwr.app.config]` from pyproject.toml as a flat dict (dotted sub-tables)."""
+    with path.open("rb") as file:
+        table = tomllib.load(file)["tool"]["flwr"]["app"]["config"]
+    return _flatten(table)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resolve(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge overrides into the pyproject defaults; an unknown key is a `ConfigError`."""
+    merged = pyproject_defaults()
+    for key, value in (overrides or {}).items():
+        if key not in merged:
+            allowed = ", ".join(sorted(merged))
+            raise ConfigError(f"unknown run-config key '{key}'; known keys: {allowed}")
+        merged[key] = value
+    return merged
+
+
+def parse(flat: dict[str, Any]) -> ExperimentConfig:
+    """Validate a flat run-config (as Flower hands it to the apps) into `ExperimentConfig`."""
+    get = _Getter(flat)
+    config = ExperimentConfig(
+        strategy=get.choice("strategy", STRATEGIES),
+        model=get.choice("model", MODELS),
+        dataset=get.choice("dataset", DATASETS),
+        data_dir=get.string("data-dir"),
+        partitioner=get.choice("partitioner", PARTITIONERS),
+        dirichlet_alpha=get.number("dirichlet-alpha", low=0.0, low_open=True),
+        classes_per_client=get.integer("classes-per-client", low=1),
+        balancedness=get.number("balancedness", low=0.0, high=1.0, low_open=True),
+        num_server_rounds=get.integer("num-server-rounds", low=1),
+        fraction_train=get.number("fraction-train", low=0.0, high=1.0, low_open=True),
+        fraction_evaluate=get.number("fraction-evaluate", low=0.0, high=1.0),
+        local_epochs=get.integer("local-epochs", low=1),
+        batch_size=get.integer("batch-size", low=1),
+        lr=get.number("lr", low=0.0, low_open=True),
+        momentum=get.number("momentum", low=0.0, high=1.0, high_open=True),
+        seed=get.integer("seed", low=0),
+        output_dir=get.string("output-dir"),
+        run_name=get.string("run-name"),
+    )
+    if config.data_dir and not Path(config.data_dir).is_dir():
+        raise ConfigError(
+            f"data-dir='{config.data_dir}' is not a folder; give the folder "
+            'that holds the IDX files, or "" for the default'
+        )
+    if not config.output_dir:
+        raise ConfigError("output-dir='' is empty; give a folder for the run logs")
+    return config
+
+
+def default_run_name(config: ExperimentConfig) -> str:
+    """`<strategy>-<model>-<dataset>-<UTC time>` when `run-name` is empty."""
+    if config.run_name:
+        return config.run_name
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{config.strategy}-{config.model}-{config.dataset}-{stamp}"
+
+
+def selected_count(num_clients: int, fraction: float) -> int:
+    """Clients per round for a fraction of `num_clients` (Flower's rule: int(n * f))."""
+    return int(num_clients * fraction)
+
+
+class _Getter:
+    """Typed, range-checked reads from a flat config with user-facing errors."""
+
+    def __init__(self, flat: dict[str, Any]) -> None:
+        self.flat = flat
+
+    def _raw(self, key: str) -> Any:
+        if key not in self.flat:
+            raise ConfigError(f"run-config key '{key}' is missing")
+        return self.flat[key]
+
+    def string(self, key: str) -> str:
+        value = self._raw(key)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string (quote it: {key}='...')")
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.string(key)
+        if value not in allowed:
+            raise ConfigError(f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
+        return value
+
+    def integer(self, key: str, low: int) -> int:
+        value = self._raw(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
+        if value < low:
+            raise ConfigError(f"{key}={value} is out of range; allowed: integer >= {low}")
+        return value
+
+    def number(
+        self,
+        key: str,
+        low: float,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> float:
+        value = self._raw(key)
+        allowed = _interval(low, high, low_open, high_open)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r} must be a number in {allowed}")
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or value != value:
+            raise ConfigError(f"{key}={value} is out of range; allowed: {allowed}")
+        return float(value)
+
+
+def _interval(low: float, high: float | None, low_open: bool, high_open: bool) -> str:
+    left = "(" if low_open else "["
+    if high is None:
+        return f"{left}{low:g}, inf)"
+    right = ")" if high_open else "]"
+    return f"{left}{low:g}, {high:g}{right}"

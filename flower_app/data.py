@@ -1,0 +1,130 @@
+"""Datasets as numpy arrays: IDX files (MNIST, Fashion-MNIST) and a seeded synthetic set.
+
+No torchvision: the IDX format is read with numpy. Arrays are `uint8` images of shape
+(n, 28, 28) and `int64` labels; normalisation happens once per partition in `task.py`.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = {
+    "train-images": "train-images-idx3-ubyte",
+    "train-labels": "train-labels-idx1-ubyte",
+    "test-images": "t10k-images-idx3-ubyte",
+    "test-labels": "t10k-labels-idx1-ubyte",
+}
+IDX_DTYPES = {0x08: np.uint8}
+NUM_CLASSES = 10
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2000, 500
+
+
+class DatasetMissingError(FileNotFoundError):
+    """The dataset files are not where the config says; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split of 28x28 grey images with labels in 0..9."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a numpy array of its stated shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as file:
+        raw = file.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header_end = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header_end], dtype=">u4"))
+    data = np.frombuffer(raw, dtype=IDX_DTYPES[raw[2]], offset=header_end)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} holds {data.size} values, its header says {shape}")
+    return data.reshape(shape).copy()  # frombuffer is read-only; torch needs writable
+
+
+def _find_idx(folder: Path, stem: str, dataset: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    hint = (
+        "install it with: apt-get install dataset-fashion-mnist (or run `make install`)"
+        if dataset == "fashion-mnist" and folder == FASHION_MNIST_DIR
+        else "set data-dir to the folder holding the four IDX files"
+    )
+    raise DatasetMissingError(f"dataset '{dataset}': {stem}[.gz] not found in {folder}; {hint}")
+
+
+@lru_cache(maxsize=4)
+def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
+    """Load a dataset once per process (cached).
+
+    Parameters
+    ----------
+    name : str
+        `fashion-mnist`, `mnist` or `synthetic`.
+    data_dir : str
+        Folder of the IDX files; "" means the Debian package's folder for Fashion-MNIST.
+    seed : int
+        Only used by `synthetic`.
+    """
+    if name == "synthetic":
+        return synthetic_dataset(seed)
+    if not data_dir and name == "mnist":
+        raise DatasetMissingError(
+            "dataset 'mnist' is not shipped on this machine; set data-dir to a folder holding "
+            "train-images-idx3-ubyte[.gz] and the three other IDX files"
+        )
+    folder = Path(data_dir) if data_dir else FASHION_MNIST_DIR
+    arrays = {key: read_idx(_find_idx(folder, stem, name)) for key, stem in IDX_FILES.items()}
+    dataset = Dataset(
+        train_images=arrays["train-images"],
+        train_labels=arrays["train-labels"].astype(np.int64),
+        test_images=arrays["test-images"],
+        test_labels=arrays["test-labels"].astype(np.int64),
+    )
+    _check_shapes(dataset, name)
+    return dataset
+
+
+def _check_shapes(dataset: Dataset, name: str) -> None:
+    for images, labels in (
+        (dataset.train_images, dataset.train_labels),
+        (dataset.test_images, dataset.test_labels),
+    ):
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+            raise ValueError(
+                f"dataset '{name}': expected (n, 28, 28) images with n labels, "
+                f"got {images.shape} and {labels.shape}"
+            )
+        if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+            raise ValueError(f"dataset '{name}': labels outside 0..{NUM_CLASSES - 1}")
+
+
+def synthetic_dataset(seed: int) -> Dataset:
+    """A small, learnable, seeded dataset: one random template per class plus noise."""
+    rng = np.random.default_rng([seed, 7919])
+    templates = rng.uniform(0, 255, size=(NUM_CLASSES, 28, 28))
+
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(count, dtype=np.int64) % NUM_CLASSES
+        rng.shuffle(labels)
+        noise = rng.normal(0, 60, size=(count, 28, 28))
+        images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+        return images, labels
+
+    train_images, train_labels = draw(SYNTHETIC_TRAIN)
+    test_images, test_labels = draw(SYNTHETIC_TEST)
+    return Dataset(train_images, train_labels, test_images, test_labels)

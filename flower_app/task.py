@@ -1,0 +1,150 @@
+"""What a client and the server compute: cached partitions, local training, evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+from flower_app.config import ExperimentConfig
+from flower_app.data import load_dataset
+from flower_app.partition import split_indices
+
+PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """Normalised images (n, 1, 28, 28) float32 and int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def to_tensors(images: np.ndarray, labels: np.ndarray) -> Tensors:
+    """Scale uint8 images to [0, 1], standardise, add the channel axis."""
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    x = ((x - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
+    return Tensors(x, torch.from_numpy(labels.astype(np.int64)))
+
+
+@lru_cache(maxsize=8)
+def partition_table(
+    dataset: str,
+    data_dir: str,
+    partitioner: str,
+    num_partitions: int,
+    seed: int,
+    dirichlet_alpha: float,
+    classes_per_client: int,
+    balancedness: float,
+) -> tuple[np.ndarray, ...]:
+    """All clients' sample indices, computed once per process."""
+    labels = load_dataset(dataset, data_dir, seed).train_labels
+    return tuple(
+        split_indices(
+            labels,
+            partitioner,
+            num_partitions,
+            seed,
+            dirichlet_alpha=dirichlet_alpha,
+            classes_per_client=classes_per_client,
+            balancedness=balancedness,
+        )
+    )
+
+
+def partition_indices(config: ExperimentConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
+    """The cached partition table for a config."""
+    return partition_table(
+        config.dataset,
+        config.data_dir,
+        config.partitioner,
+        num_partitions,
+        config.seed,
+        config.dirichlet_alpha,
+        config.classes_per_client,
+        config.balancedness,
+    )
+
+
+_PARTITION_TENSORS: dict[tuple, Tensors] = {}
+
+
+def client_data(config: ExperimentConfig, partition_id: int, num_partitions: int) -> Tensors:
+    """A client's training tensors, built once per process and partition."""
+    key = (
+        config.dataset,
+        config.data_dir,
+        config.partitioner,
+        num_partitions,
+        config.seed,
+        config.dirichlet_alpha,
+        config.classes_per_client,
+        config.balancedness,
+        partition_id,
+    )
+    if key not in _PARTITION_TENSORS:
+        data = load_dataset(config.dataset, config.data_dir, config.seed)
+        indices = partition_indices(config, num_partitions)[partition_id]
+        _PARTITION_TENSORS[key] = to_tensors(data.train_images[indices], data.train_labels[indices])
+    return _PARTITION_TENSORS[key]
+
+
+@lru_cache(maxsize=2)
+def test_data(dataset: str, data_dir: str, seed: int) -> Tensors:
+    """The test set as tensors, built once per process."""
+    data = load_dataset(dataset, data_dir, seed)
+    return to_tensors(data.test_images, data.test_labels)
+
+
+def train(
+    model: nn.Module,
+    data: Tensors,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    generator: torch.Generator,
+) -> float:
+    """Plain minibatch SGD; returns the mean training loss over all steps."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_fn = nn.CrossEntropyLoss()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(data.images[batch]), data.labels[batch])
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Tensors, batch_size: int = 1000) -> tuple[float, float]:
+    """Return (mean cross-entropy loss, accuracy) on `data`."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        logits = model(data.images[start : start + batch_size])
+        labels = data.labels[start : start + batch_size]
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(1) == labels).sum())
+    return loss_sum / len(data), correct / len(data)
+
+
+def round_generator(seed: int, server_round: int, partition_id: int) -> torch.Generator:
+    """The random stream of one client in one round, keyed by (seed, round, partition)."""
+    key = np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(key))

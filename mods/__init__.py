@@ -1,0 +1,1 @@
+"""Flower client mods and the message keys that clients and strategies share."""

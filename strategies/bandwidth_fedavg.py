@@ -1,0 +1,315 @@
+"""FedAvg that measures every message it sends and receives, and selects on partition ids.
+
+The strategy learns `node_id -> partition_id` once with a query round (phase `query`,
+round 0), then selects partitions with a seeded generator each round. Each message sent and
+each reply received is one row in bandwidth.csv; each round is one row in rounds.csv.
+Replies that failed or carry garbage are logged (`failed` / `rejected`) and left out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from flower_app.config import ExperimentConfig, selected_count
+from flower_app.recorder import Recorder
+from mods import keys
+from strategies.accounting import dense_bytes, payload_bits, wire_bytes
+from strategies.selection import EVALUATE_STREAM, TRAIN_STREAM, select_partitions
+
+DENSE_CODEC = "float32"
+QUERY_TIMEOUT_S = 600.0
+
+
+class BandwidthFedAvg(FedAvg):
+    """FedAvg with exact per-message byte logs and seeded, partition-keyed selection.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        The validated run-config (fractions, seed, rounds).
+    recorder : Recorder
+        Where message and round rows go.
+    """
+
+    def __init__(self, config: ExperimentConfig, recorder: Recorder) -> None:
+        super().__init__(
+            fraction_train=config.fraction_train,
+            fraction_evaluate=config.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
+            min_available_nodes=1,
+            arrayrecord_key=keys.ARRAYS,
+            configrecord_key=keys.CONFIG,
+        )
+        self.config = config
+        self.recorder = recorder
+        self.node_of: dict[int, int] = {}  # partition_id -> node_id
+        self.partition_of: dict[int, int] = {}  # node_id -> partition_id
+        self.totals = {"up": 0, "down": 0}
+        self.train_bytes = {"up": 0, "down": 0}
+        self.train_messages = {"up": 0, "down": 0}
+        self.train_framing_bytes = 0
+        self._round: dict = {}
+        self._global_shapes: dict[str, tuple[int, ...]] = {}
+
+    # ------------------------------------------------------------------ discovery
+    def discover_partitions(self, grid: Grid) -> int:
+        """Ask every node for its partition id (one small real message each way)."""
+        self._start_round(0)
+        node_ids = sorted(grid.get_node_ids())
+        messages = [
+            Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
+            for node_id in node_ids
+        ]
+        replies = sorted(
+            grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S),
+            key=lambda reply: reply.metadata.src_node_id,
+        )
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                log(WARNING, "query: node %s failed: %s", node_id, reply.error.reason)
+                continue
+            metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
+            partition_id = int(metrics.get(keys.PARTITION_ID, -1))
+            if partition_id < 0 or partition_id in self.node_of:
+                log(WARNING, "query: node %s sent no usable partition id", node_id)
+                continue
+            self.node_of[partition_id] = node_id
+            self.partition_of[node_id] = partition_id
+        for node_id in sorted(node_ids, key=lambda node: self.partition_of.get(node, -1)):
+            self._log(0, self.partition_of.get(node_id, -1), "query", "down", RecordDict(), None)
+        for reply in self._sorted(replies):
+            status = "delivered" if self._partition(reply) >= 0 else "rejected"
+            content = RecordDict() if reply.has_error() else reply.content
+            self._log(0, self._partition(reply), "query", "up", content, None, status=status)
+        if not self.node_of:
+            raise RuntimeError("no node answered the partition-id query; nothing to train")
+        return len(self.node_of)
+
+    # ------------------------------------------------------------------ training
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Select partitions (seeded) and send each the global model; log each message."""
+        self._start_round(server_round)
+        self._global_shapes = {name: tuple(array.shape) for name, array in arrays.items()}
+        count = selected_count(len(self.node_of), self.config.fraction_train)
+        chosen = select_partitions(
+            list(self.node_of), count, self.config.seed, server_round, TRAIN_STREAM
+        )
+        self._round["selected"] = len(chosen)
+        config[keys.SERVER_ROUND] = server_round
+        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
+        messages = []
+        for partition_id in chosen:
+            node_id = self.node_of[partition_id]
+            self._log(server_round, partition_id, "train", "down", content, arrays)
+            messages.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node_id))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Log every reply, leave out failed or malformed ones, FedAvg the rest."""
+        accepted = []
+        for reply in self._sorted(replies):
+            status = self._check_train_reply(reply)
+            arrays = None if reply.has_error() else reply.content.array_records.get(keys.ARRAYS)
+            self._log(
+                server_round,
+                self._partition(reply),
+                "train",
+                "up",
+                RecordDict() if reply.has_error() else reply.content,
+                arrays,
+                status=status,
+            )
+            if status == "delivered":
+                accepted.append(reply)
+        self._round["delivered"] = len(accepted)
+        if not accepted:
+            log(WARNING, "round %s: no usable update; the global model is kept", server_round)
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, accepted)
+        if metrics is not None:
+            self._round["train_loss"] = float(metrics.get(keys.TRAIN_LOSS, float("nan")))
+        return arrays, metrics
+
+    def _check_train_reply(self, reply: Message) -> str:
+        """`delivered`, or `failed` / `rejected` with a warning saying why."""
+        node_id = reply.metadata.src_node_id
+        if reply.has_error():
+            log(WARNING, "node %s failed: %s", node_id, reply.error.reason)
+            return "failed"
+        problem = self._problem_in(reply.content)
+        if problem:
+            log(WARNING, "node %s sent a malformed update (%s); left out", node_id, problem)
+            return "rejected"
+        return "delivered"
+
+    def _problem_in(self, content: RecordDict) -> str:
+        arrays = content.array_records.get(keys.ARRAYS)
+        metrics = content.metric_records.get(keys.METRICS)
+        if arrays is None or metrics is None or len(content) != 2:
+            return "expected one ArrayRecord 'arrays' and one MetricRecord 'metrics'"
+        shapes = {name: tuple(array.shape) for name, array in arrays.items()}
+        if shapes != self._global_shapes:
+            return "array names or shapes differ from the global model"
+        if not all(np.isfinite(array.numpy()).all() for array in arrays.values()):
+            return "NaN or inf in the update"
+        examples = metrics.get(keys.NUM_EXAMPLES)
+        if not isinstance(examples, int | float) or examples <= 0:
+            return f"{keys.NUM_EXAMPLES}={examples!r} is not a positive count"
+        return ""
+
+    # ------------------------------------------------------------------ evaluation
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Federated evaluation on a seeded subset (off when fraction-evaluate is 0)."""
+        count = selected_count(len(self.node_of), self.config.fraction_evaluate)
+        if count == 0:
+            return []
+        chosen = select_partitions(
+            list(self.node_of), count, self.config.seed, server_round, EVALUATE_STREAM
+        )
+        config[keys.SERVER_ROUND] = server_round
+        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
+        messages = []
+        for partition_id in chosen:
+            node_id = self.node_of[partition_id]
+            self._log(server_round, partition_id, "evaluate", "down", content, arrays)
+            messages.append(
+                Message(content, message_type=MessageType.EVALUATE, dst_node_id=node_id)
+            )
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Log every evaluation reply, then average the metrics of the good ones."""
+        accepted = []
+        for reply in self._sorted(replies):
+            metrics = None if reply.has_error() else reply.content.metric_records.get(keys.METRICS)
+            status = "delivered" if metrics is not None else "failed"
+            self._log(
+                server_round,
+                self._partition(reply),
+                "evaluate",
+                "up",
+                RecordDict() if reply.has_error() else reply.content,
+                None,
+                status=status,
+            )
+            if status == "delivered":
+                accepted.append(reply)
+        return super().aggregate_evaluate(server_round, accepted) if accepted else None
+
+    # ------------------------------------------------------------------ rounds
+    def finish_round(self, server_round: int, test_loss: float, test_accuracy: float) -> dict:
+        """Append the round's row (called after central evaluation) and return it."""
+        cum_up, cum_down = self.totals["up"], self.totals["down"]
+        row = {
+            "round": server_round,
+            "selected": self._round.get("selected", 0),
+            "delivered": self._round.get("delivered", 0),
+            "up_bytes": self._round["up"],
+            "down_bytes": self._round["down"],
+            "cum_up_bytes": cum_up,
+            "cum_down_bytes": cum_down,
+            "cum_bytes": cum_up + cum_down,
+            "train_loss": self._round.get("train_loss", ""),
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "sim_time_s": "",
+            "wall_s": round(time.perf_counter() - self._round["t0"], 3),
+        }
+        self.recorder.log_round(row)
+        return row
+
+    def bandwidth_summary(self, model_bytes: int) -> dict:
+        """Measured train-phase bytes beside the formula (down + up) x N x fraction x rounds."""
+        clients, rounds = len(self.node_of), self.config.num_server_rounds
+        formula = 2 * model_bytes * clients * self.config.fraction_train * rounds
+        formula = int(formula) if float(formula).is_integer() else formula
+        measured = self.train_bytes["up"] + self.train_bytes["down"]
+        return {
+            "clients": clients,
+            "fraction_train": self.config.fraction_train,
+            "rounds": rounds,
+            "model_bytes": model_bytes,
+            "formula_bytes": formula,
+            "measured_train_bytes": measured,
+            "measured_train_up_bytes": self.train_bytes["up"],
+            "measured_train_down_bytes": self.train_bytes["down"],
+            "train_messages": self.train_messages["up"] + self.train_messages["down"],
+            "framing_bytes": self.train_framing_bytes,
+            "unexplained_bytes": measured - self.train_framing_bytes - formula,
+            "total_up_bytes": self.totals["up"],
+            "total_down_bytes": self.totals["down"],
+            "total_bytes": self.totals["up"] + self.totals["down"],
+        }
+
+    def _start_round(self, server_round: int) -> None:
+        self._round = {"round": server_round, "up": 0, "down": 0, "t0": time.perf_counter()}
+
+    # ------------------------------------------------------------------ helpers
+    def _log(
+        self,
+        server_round: int,
+        partition_id: int,
+        phase: str,
+        direction: str,
+        content: RecordDict,
+        arrays: ArrayRecord | None,
+        status: str = "delivered",
+    ) -> None:
+        measured = wire_bytes(content)
+        self.recorder.log_message(
+            {
+                "round": server_round,
+                "partition_id": partition_id,
+                "phase": phase,
+                "direction": direction,
+                "codec": DENSE_CODEC if arrays is not None else "",
+                "payload_bits": payload_bits(arrays) if arrays is not None else 0,
+                "wire_bytes": measured,
+                "dense_bytes": dense_bytes(arrays) if arrays is not None else 0,
+                "status": status,
+                "sim_start_s": "",
+                "sim_end_s": "",
+            }
+        )
+        self.totals[direction] += measured
+        self._round[direction] = self._round.get(direction, 0) + measured
+        if phase == "train" and status == "delivered":
+            self.train_bytes[direction] += measured
+            self.train_messages[direction] += 1
+            self.train_framing_bytes += measured - (payload_bits(arrays) // 8 if arrays else 0)
+
+    def _partition(self, reply: Message) -> int:
+        return self.partition_of.get(reply.metadata.src_node_id, -1)
+
+    def _sorted(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies in partition order: logs and float sums do not depend on arrival."""
+        return sorted(replies, key=self._partition)
+
+    def summary(self) -> None:
+        """Log the strategy's settings (Flower calls this at start)."""
+        log(
+            INFO,
+            "\t├── BandwidthFedAvg: %s clients, fraction-train %.2f, seed %s",
+            len(self.node_of),
+            self.config.fraction_train,
+            self.config.seed,
+        )
+        super().summary()
