@@ -149,3 +149,6 @@ def _log_formula(b: dict[str, Any]) -> None:
         b["train_messages"],
         b["unexplained_bytes"],
     )
+
+
+app = make_server_app()

@@ -1,0 +1,53 @@
+# One command each: `make run` (the default experiment) and `make test` install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+TORCH := torch==2.13.0
+# Extra launcher flags, e.g. make run ARGS='--num-supernodes 10 --run-config "partitioner=\"iid\""'
+ARGS ?=
+
+.PHONY: install data run test bench lint format stop clean
+
+install: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set data-dir"; \
+	  fi; \
+	fi
+
+run: install
+	$(PY) -m flower_app.launch $(ARGS)
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/bench_overhead.py
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+stop:
+	@if [ -x $(PY) ]; then $(PY) -m flower_app.launch --stop; fi
+
+clean: stop
+	rm -rf .flwr .ray .pytest_cache .ruff_cache

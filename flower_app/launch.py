@@ -1,0 +1,148 @@
+"""Run the app with `flwr run .` against a local simulated federation, then clean up.
+
+`flwr run` starts a local SuperLink (and SuperExec) in the background and leaves them
+running, exits 0 even when the run failed, and reports a config typo as a stack trace from
+inside the ServerApp. This launcher validates the config first (one line, exit 2), runs
+`flwr run . --stream` with FLWR_HOME and RAY_TMPDIR inside the checkout, stops the
+processes it started, and exits non-zero unless the run folder holds a summary.
+
+    python -m flower_app.launch --num-supernodes 20 --run-config "num-server-rounds=3"
+    python -m flower_app.launch --stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
+from flower_app.data import DatasetMissingError
+from flower_app.simulation import parse_run_config
+from flower_app.task import test_data
+
+REPO = PYPROJECT.parent
+FLOWER_DAEMONS = ("flower-superlink", "flower-superexec", "flwr-serverapp", "flwr-clientapp")
+
+
+def flower_env(repo: Path = REPO) -> dict[str, str]:
+    """Environment for `flwr`: state inside the checkout, offline-friendly, no runtime installs."""
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(repo / ".flwr"),
+        "RAY_TMPDIR": str(repo / ".ray"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    })
+    return env
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "") + "'"
+    return repr(value)
+
+
+def flower_processes(flwr_home: Path) -> list[int]:
+    """Pids of Flower daemons whose command line names `flwr_home` (this checkout's)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if any(name in cmdline for name in FLOWER_DAEMONS) and str(flwr_home) in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_flower(flwr_home: Path) -> list[int]:
+    """Stop this checkout's Flower daemons; return their pids."""
+    return stop_pids(flower_processes(flwr_home))
+
+
+def stop_pids(pids: list[int], grace_s: float = 5.0) -> list[int]:
+    """SIGTERM the pids, wait up to `grace_s`, then SIGKILL those still alive."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    return pids
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def run_flwr(overrides: dict, num_supernodes: int, client_cpus: int) -> Path:
+    """Validate, run `flwr run . --stream`, stop the daemons, and return the run folder."""
+    flat = resolve(overrides)
+    config = parse(flat)
+    if num_supernodes < 1 or client_cpus < 1:
+        raise ConfigError("num-supernodes and client-cpus must be integers >= 1")
+    test_data(config.dataset, config.data_dir, config.seed)
+    fixed = {"output-dir": str(Path(config.output_dir).resolve()),
+             "run-name": default_run_name(config)}
+    run_config = " ".join(f"{key}={_toml_value(value)}"
+                          for key, value in (overrides | fixed).items())
+    command = [
+        str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "--stream",
+        "--run-config", run_config,
+        "--federation-config",
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
+    ]
+    env = flower_env()
+    already_running = set(flower_processes(Path(env["FLWR_HOME"])))
+    try:
+        subprocess.run(command, env=env, cwd=REPO, check=False)
+    finally:
+        started = set(flower_processes(Path(env["FLWR_HOME"]))) - already_running
+        stop_pids(sorted(started))
+    run_dir = Path(fixed["output-dir"]) / fixed["run-name"]
+    if not (run_dir / "summary.json").exists():
+        raise RuntimeError(f"the run did not finish (no {run_dir}/summary.json); see the log")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of the launcher (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-config", default="", help="k=v pairs, as for `flwr run`")
+    parser.add_argument("--num-supernodes", type=int, default=20)
+    parser.add_argument("--client-cpus", type=int, default=1)
+    parser.add_argument("--stop", action="store_true", help="stop leftover Flower daemons")
+    args = parser.parse_args(argv)
+    if args.stop:
+        stopped = stop_flower(Path(flower_env()["FLWR_HOME"]))
+        print(f"stopped {len(stopped)} Flower process(es)" if stopped else "nothing to stop")
+        return 0
+    try:
+        run_dir = run_flwr(parse_run_config(args.run_config), args.num_supernodes,
+                           args.client_cpus)
+    except (ConfigError, DatasetMissingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
