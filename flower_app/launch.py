@@ -13,6 +13,7 @@ processes it started, and exits non-zero unless the run folder holds a summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,26 +22,26 @@ import time
 from pathlib import Path
 
 from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
-from flower_app.data import DatasetMissingError
+from flower_app.data import DatasetMissingError, load_dataset
 from flower_app.simulation import parse_run_config
-from flower_app.task import test_data
 
 REPO = PYPROJECT.parent
-FLOWER_DAEMONS = ("flower-superlink", "flower-superexec", "flwr-serverapp", "flwr-clientapp")
 
 
 def flower_env(repo: Path = REPO) -> dict[str, str]:
     """Environment for `flwr`: state inside the checkout, offline-friendly, no runtime installs."""
     env = dict(os.environ)
-    env.update({
-        "FLWR_HOME": str(repo / ".flwr"),
-        "RAY_TMPDIR": str(repo / ".ray"),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "FLWR_HOME": str(repo / ".flwr"),
+            "RAY_TMPDIR": str(repo / ".ray"),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     return env
 
 
@@ -52,22 +53,48 @@ def _toml_value(value: object) -> str:
     return repr(value)
 
 
-def flower_processes(flwr_home: Path) -> list[int]:
-    """Pids of Flower daemons whose command line names `flwr_home` (this checkout's)."""
+def flower_processes(flwr_home: Path, ray_tmpdir: Path | None = None) -> list[int]:
+    """Pids of this checkout's Flower daemons and Ray workers (never this process or its parents).
+
+    A process counts when its command line names `flwr_home`, or its environment points
+    FLWR_HOME or RAY_TMPDIR there (Ray's actors), or it is a Ray agent (`ray::...`) working
+    in the folder that holds `ray_tmpdir` (Ray's agents inherit neither variable).
+    """
+    markers = [f"FLWR_HOME={flwr_home}".encode()]
+    if ray_tmpdir is not None:
+        markers.append(f"RAY_TMPDIR={ray_tmpdir}".encode())
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
+        if int(proc.name) in _self_and_ancestors():
+            continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+            cwd = (proc / "cwd").resolve()
         except OSError:
             continue
-        if any(name in cmdline for name in FLOWER_DAEMONS) and str(flwr_home) in cmdline:
+        ray_agent = ray_tmpdir is not None and cmdline.startswith(b"ray::") and (
+            cwd == ray_tmpdir.parent.resolve())
+        if str(flwr_home).encode() in cmdline or environ.intersection(markers) or ray_agent:
             pids.append(int(proc.name))
     return pids
 
 
-def stop_flower(flwr_home: Path) -> list[int]:
-    """Stop this checkout's Flower daemons; return their pids."""
-    return stop_pids(flower_processes(flwr_home))
+def _self_and_ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return pids
+
+
+def stop_flower(env: dict[str, str]) -> list[int]:
+    """Stop this checkout's Flower daemons and Ray workers; return their pids."""
+    return stop_pids(flower_processes(Path(env["FLWR_HOME"]), Path(env["RAY_TMPDIR"])))
 
 
 def stop_pids(pids: list[int], grace_s: float = 5.0) -> list[int]:
@@ -83,10 +110,8 @@ def stop_pids(pids: list[int], grace_s: float = 5.0) -> list[int]:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def run_flwr(overrides: dict, num_supernodes: int, client_cpus: int) -> Path:
@@ -95,24 +120,31 @@ def run_flwr(overrides: dict, num_supernodes: int, client_cpus: int) -> Path:
     config = parse(flat)
     if num_supernodes < 1 or client_cpus < 1:
         raise ConfigError("num-supernodes and client-cpus must be integers >= 1")
-    test_data(config.dataset, config.data_dir, config.seed)
-    fixed = {"output-dir": str(Path(config.output_dir).resolve()),
-             "run-name": default_run_name(config)}
-    run_config = " ".join(f"{key}={_toml_value(value)}"
-                          for key, value in (overrides | fixed).items())
+    load_dataset(config.dataset, config.data_dir, config.seed)  # fails fast when missing
+    fixed = {
+        "output-dir": str(Path(config.output_dir).resolve()),
+        "run-name": default_run_name(config),
+    }
+    run_config = " ".join(
+        f"{key}={_toml_value(value)}" for key, value in (overrides | fixed).items()
+    )
     command = [
-        str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "--stream",
-        "--run-config", run_config,
+        str(Path(sys.executable).parent / "flwr"),
+        "run",
+        str(REPO),
+        "--stream",
+        "--run-config",
+        run_config,
         "--federation-config",
         f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
     ]
     env = flower_env()
-    already_running = set(flower_processes(Path(env["FLWR_HOME"])))
+    home, ray_tmpdir = Path(env["FLWR_HOME"]), Path(env["RAY_TMPDIR"])
+    already_running = set(flower_processes(home, ray_tmpdir))
     try:
         subprocess.run(command, env=env, cwd=REPO, check=False)
     finally:
-        started = set(flower_processes(Path(env["FLWR_HOME"]))) - already_running
-        stop_pids(sorted(started))
+        stop_pids(sorted(set(flower_processes(home, ray_tmpdir)) - already_running))
     run_dir = Path(fixed["output-dir"]) / fixed["run-name"]
     if not (run_dir / "summary.json").exists():
         raise RuntimeError(f"the run did not finish (no {run_dir}/summary.json); see the log")
@@ -128,12 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop", action="store_true", help="stop leftover Flower daemons")
     args = parser.parse_args(argv)
     if args.stop:
-        stopped = stop_flower(Path(flower_env()["FLWR_HOME"]))
+        stopped = stop_flower(flower_env())
         print(f"stopped {len(stopped)} Flower process(es)" if stopped else "nothing to stop")
         return 0
     try:
-        run_dir = run_flwr(parse_run_config(args.run_config), args.num_supernodes,
-                           args.client_cpus)
+        run_dir = run_flwr(parse_run_config(args.run_config), args.num_supernodes, args.client_cpus)
     except (ConfigError, DatasetMissingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

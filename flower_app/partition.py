@@ -55,7 +55,8 @@ class ClassesPartitioner(Partitioner):
         fracs = self.balancedness ** np.linspace(0, n - 1, n)
         fracs /= fracs.sum()
         fracs = 0.1 / n + (1 - 0.1) * fracs
-        return [int(size) for size in np.floor(fracs * num_samples)][::-1]
+        sizes = np.floor(fracs * num_samples + 1e-9)  # 0.085 * 1000 is 85, not 84.999...
+        return [int(size) for size in sizes][::-1]
 
     def split(self, labels: np.ndarray) -> list[np.ndarray]:
         """Return each client's sample indices for the given label array."""

@@ -1,0 +1,74 @@
+"""Every bad run-config value gives one clear ConfigError naming key, value and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from flower_app.config import ConfigError, parse, pyproject_defaults, resolve
+from flower_app.server_app import _check_selection
+from flower_app.simulation import main as simulation_main
+from flower_app.simulation import parse_run_config
+
+
+def test_pyproject_defaults_parse():
+    config = parse(pyproject_defaults())
+    assert (config.strategy, config.model, config.dataset) == ("fedavg", "cnn", "fashion-mnist")
+    assert config.to_flat()["num-server-rounds"] == config.num_server_rounds
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("strategy", "fedprox", "strategy='fedprox' is not known; allowed: fedavg"),
+        ("model", "resnet", "model='resnet' is not known; allowed: cnn, logistic"),
+        ("dataset", "cifar10", "dataset='cifar10' is not known; allowed: fashion-mnist, mnist"),
+        ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
+        ("fraction-train", 0.0, "fraction-train=0.0 is out of range; allowed: (0, 1]"),
+        ("fraction-train", 1.5, "fraction-train=1.5 is out of range; allowed: (0, 1]"),
+        ("fraction-evaluate", -0.1, "fraction-evaluate=-0.1 is out of range; allowed: [0, 1]"),
+        ("num-server-rounds", 0, "num-server-rounds=0 is out of range; allowed: integer >= 1"),
+        ("dirichlet-alpha", 0.0, "dirichlet-alpha=0.0 is out of range; allowed: (0, inf)"),
+        ("dirichlet-alpha", -1, "dirichlet-alpha=-1 is out of range; allowed: (0, inf)"),
+        ("balancedness", 1.2, "balancedness=1.2 is out of range; allowed: (0, 1]"),
+        ("classes-per-client", 0, "classes-per-client=0 is out of range"),
+        ("lr", 0, "lr=0 is out of range; allowed: (0, inf)"),
+        ("batch-size", 2.5, "batch-size=2.5 must be an integer >= 1"),
+        ("model", 3, "model=3 must be a string"),
+        ("data-dir", "/no/such/folder", "data-dir='/no/such/folder' is not a folder"),
+    ],
+)
+def test_bad_value_names_key_value_and_allowed(flat_config, key, value, message):
+    flat_config[key] = value
+    with pytest.raises(ConfigError) as error:
+        parse(flat_config)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_key_lists_known_keys():
+    with pytest.raises(ConfigError, match="unknown run-config key 'num-round'; known keys: "):
+        resolve({"num-round": 3})
+
+
+def test_more_clients_per_round_than_nodes(flat_config):
+    flat_config["fraction-train"] = 0.05
+    with pytest.raises(ConfigError, match="fraction-train=0.05 selects no client out of 10"):
+        _check_selection(parse(flat_config), clients=10)
+    _check_selection(parse(flat_config), clients=20)  # 20 x 0.05 = 1 client: fine
+
+
+def test_run_config_string_parses_toml_values():
+    assert parse_run_config("num-server-rounds=3 model='logistic' lr=0.1 stc.p-up=0.01") == {
+        "num-server-rounds": 3,
+        "model": "logistic",
+        "lr": 0.1,
+        "stc.p-up": 0.01,
+    }
+    with pytest.raises(ConfigError, match="quote strings"):
+        parse_run_config("model=cnn")
+
+
+def test_command_line_typo_is_one_line_and_exit_2(capsys):
+    code = simulation_main(["--run-config", "model='cnnx'"])
+    assert code == 2
+    assert capsys.readouterr().err == "error: model='cnnx' is not known; allowed: cnn, logistic\n"

@@ -1,0 +1,85 @@
+"""Reading IDX files, the Fashion-MNIST copy on this machine, the synthetic set."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from flower_app.data import (
+    FASHION_MNIST_DIR,
+    DatasetMissingError,
+    load_dataset,
+    read_idx,
+    synthetic_dataset,
+)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_read_idx_plain_and_gzip(tmp_path):
+    # Prepare
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "a-idx3-ubyte").write_bytes(_idx_bytes(images))
+    (tmp_path / "a-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
+    # Execute
+    plain = read_idx(tmp_path / "a-idx3-ubyte")
+    zipped = read_idx(tmp_path / "a-idx3-ubyte.gz")
+    # Assert
+    assert plain.shape == (2, 3, 4) and plain[1, 2, 3] == 23
+    np.testing.assert_array_equal(plain, zipped)
+    plain[0, 0, 0] = 99  # writable (np.frombuffer alone is not)
+
+
+def test_read_idx_rejects_bad_magic_and_truncated(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01abcd")
+    with pytest.raises(ValueError, match="magic"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(_idx_bytes(np.zeros(5, np.uint8))[:-1])
+    with pytest.raises(ValueError, match="header says"):
+        read_idx(tmp_path / "short")
+
+
+def test_fashion_mnist_shapes_and_label_counts():
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Fashion-MNIST missing: `make install` installs dataset-fashion-mnist")
+    data = load_dataset("fashion-mnist")
+    assert data.train_images.shape == (60000, 28, 28)
+    assert data.test_images.shape == (10000, 28, 28)
+    assert data.train_images.dtype == np.uint8
+    assert np.bincount(data.train_labels).tolist() == [6000] * 10
+    assert np.bincount(data.test_labels).tolist() == [1000] * 10
+
+
+def test_data_dir_loads_idx_files_of_the_same_format(tmp_path):
+    # Prepare: a tiny MNIST-format folder
+    rng = np.random.default_rng(0)
+    for name, count in (("train", 20), ("t10k", 10)):
+        images = rng.integers(0, 256, size=(count, 28, 28))
+        labels = np.arange(count) % 10
+        (tmp_path / f"{name}-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+        (tmp_path / f"{name}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
+    # Execute
+    data = load_dataset("mnist", str(tmp_path))
+    # Assert
+    assert data.train_images.shape == (20, 28, 28) and data.test_labels.tolist()[:3] == [0, 1, 2]
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetMissingError, match="set data-dir"):
+        load_dataset("mnist", str(tmp_path))
+    with pytest.raises(DatasetMissingError, match="not shipped"):
+        load_dataset("mnist", "")
+
+
+def test_synthetic_is_seeded():
+    first, again, other = synthetic_dataset(1), synthetic_dataset(1), synthetic_dataset(2)
+    np.testing.assert_array_equal(first.train_images, again.train_images)
+    assert not np.array_equal(first.train_images, other.train_images)
+    assert first.train_images.shape == (2000, 28, 28)
+    assert np.bincount(first.train_labels).tolist() == [200] * 10

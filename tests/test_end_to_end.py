@@ -1,0 +1,90 @@
+"""End to end: a real `flwr run` and the run_simulation API, on the synthetic dataset.
+
+Logistic model, synthetic data: per message the model is 7,850 float32 = 31,400 B, and the
+hand-computed framing is two 128-byte .npy headers plus the keys "linear.weight" (13) and
+"linear.bias" (11) = 280 B; the train request adds {"server-round": int} (12 + 8 = 20 B), the
+reply {"train-loss": float, "num-examples": int} (10 + 8 + 12 + 8 = 38 B).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flower_app.launch import flower_env, flower_processes
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_BYTES = 7850 * 4
+DOWN_WIRE = MODEL_BYTES + 280 + 20
+UP_WIRE = MODEL_BYTES + 280 + 38
+RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 seed=7"
+
+pytestmark = pytest.mark.e2e
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def run_folder(output: subprocess.CompletedProcess) -> Path:
+    assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
+    return Path(output.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
+
+
+def test_flwr_run_writes_exact_logs_and_leaves_nothing_running(tmp_path):
+    # Execute: 4 clients, fraction 0.5 -> 2 per round, 2 rounds
+    output = run_module(
+        "flower_app.launch",
+        "--num-supernodes",
+        "4",
+        "--run-config",
+        f"{RUN_CONFIG} output-dir='{tmp_path}'",
+    )
+    run_dir = run_folder(output)
+    # Assert: logs
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    messages = pd.read_csv(run_dir / "bandwidth.csv")
+    train = messages[messages["phase"] == "train"]
+    assert rounds["round"].tolist() == [0, 1, 2]
+    assert rounds["selected"].tolist() == [0, 2, 2]
+    assert train[train["direction"] == "down"]["wire_bytes"].unique().tolist() == [DOWN_WIRE]
+    assert train[train["direction"] == "up"]["wire_bytes"].unique().tolist() == [UP_WIRE]
+    assert (train["dense_bytes"] == MODEL_BYTES).all()
+    assert rounds["cum_bytes"].iloc[-1] == messages["wire_bytes"].sum()
+    summary = pd.read_json(run_dir / "summary.json", typ="series")
+    assert summary["bandwidth"]["formula_bytes"] == 2 * MODEL_BYTES * 4 * 0.5 * 2
+    assert summary["bandwidth"]["measured_train_bytes"] == 4 * (DOWN_WIRE + UP_WIRE)
+    # Assert: the SuperLink and SuperExec that `flwr run` started are gone
+    assert flower_processes(Path(flower_env()["FLWR_HOME"])) == []
+
+
+def test_same_seed_gives_identical_logs(tmp_path):
+    folders = []
+    for name in ("first", "second"):
+        output = run_module(
+            "flower_app.simulation",
+            "--num-supernodes",
+            "4",
+            "--run-config",
+            f"{RUN_CONFIG} output-dir='{tmp_path}' run-name='{name}'",
+        )
+        folders.append(run_folder(output))
+    first, second = (
+        pd.read_csv(folder / "rounds.csv").drop(columns="wall_s") for folder in folders
+    )
+    pd.testing.assert_frame_equal(first, second)
+    assert first["test_accuracy"].iloc[-1] > first["test_accuracy"].iloc[0]
+    assert (folders[0] / "bandwidth.csv").read_bytes() == (
+        folders[1] / "bandwidth.csv"
+    ).read_bytes()

@@ -1,0 +1,185 @@
+"""BandwidthFedAvg on hand-built messages: exact bytes, statuses, selection, aggregation."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from flower_app.config import parse
+from flower_app.recorder import Recorder
+from mods import keys
+from strategies import BandwidthFedAvg
+
+# Hand-computed sizes. np.save writes a 128-byte header (magic, version, dict, padding)
+# before the raw values, and ArrayRecord.count_bytes adds the key's length:
+#   "w" (2, 3) float32: 128 + 24 + len("w") = 153;  "b" (3,) float32: 128 + 12 + 1 = 141
+#   ConfigRecord {"server-round": int}: len("server-round") + 8 = 20
+#   MetricRecord {"train-loss": float, "num-examples": int}: 10 + 8 + 12 + 8 = 38
+MODEL_WIRE = 153 + 141
+DOWN_WIRE = MODEL_WIRE + 20  # 314
+UP_WIRE = MODEL_WIRE + 38  # 332
+PAYLOAD_BITS = (6 + 3) * 32  # 288
+DENSE_BYTES = (6 + 3) * 4  # 36
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages need a run id; Flower sets it in a real ServerApp process."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+
+
+def model(value: float = 0.0) -> ArrayRecord:
+    return ArrayRecord(
+        {"w": Array(np.full((2, 3), value, np.float32)), "b": Array(np.full(3, value, np.float32))}
+    )
+
+
+def train_reply(msg: Message, value: float, examples: int = 10) -> Message:
+    metrics = MetricRecord({keys.TRAIN_LOSS: 0.5, keys.NUM_EXAMPLES: examples})
+    return Message(RecordDict({keys.ARRAYS: model(value), keys.METRICS: metrics}), reply_to=msg)
+
+
+class FakeGrid:
+    """A grid whose nodes answer the partition query; node ids differ from partition ids."""
+
+    def __init__(self, partitions: int, node_offset: int = 1000) -> None:
+        self.partition_of_node = {node_offset + 7 * pid: pid for pid in range(partitions)}
+
+    def get_node_ids(self):
+        return list(self.partition_of_node)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for msg in messages:
+            pid = self.partition_of_node[msg.metadata.dst_node_id]
+            metrics = MetricRecord({keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: 4})
+            replies.append(Message(RecordDict({keys.METRICS: metrics}), reply_to=msg))
+        return replies[::-1]  # arrival order must not matter
+
+
+def make_strategy(flat_config, tmp_path, partitions=4, node_offset=1000, **overrides):
+    flat_config.update(overrides)
+    recorder = Recorder(tmp_path / f"run-{node_offset}")
+    strategy = BandwidthFedAvg(parse(flat_config), recorder)
+    grid = FakeGrid(partitions, node_offset)
+    strategy.discover_partitions(grid)
+    return strategy, grid, recorder
+
+
+def read_rows(recorder: Recorder, name: str = "bandwidth.csv") -> list[dict]:
+    recorder._messages.flush()
+    with (recorder.run_dir / name).open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_discovery_maps_nodes_to_partitions_and_logs_the_query(flat_config, tmp_path):
+    strategy, _, recorder = make_strategy(flat_config, tmp_path)
+    assert strategy.node_of == {0: 1000, 1: 1007, 2: 1014, 3: 1021}
+    rows = read_rows(recorder)
+    assert [(r["phase"], r["direction"], r["partition_id"]) for r in rows[:2]] == [
+        ("query", "down", "0"),
+        ("query", "down", "1"),
+    ]
+    # empty request; reply MetricRecord {"partition-id": int, "num-partitions": int} = 12+8+14+8
+    assert {r["wire_bytes"] for r in rows if r["direction"] == "down"} == {"0"}
+    assert {r["wire_bytes"] for r in rows if r["direction"] == "up"} == {"42"}
+
+
+def test_train_messages_are_measured_exactly(flat_config, tmp_path):
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path)
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    strategy.aggregate_train(1, [train_reply(m, 1.0) for m in messages])
+    rows = [r for r in read_rows(recorder) if r["phase"] == "train"]
+    assert len(rows) == 4  # 4 clients x fraction 0.5 = 2, each down and up
+    for row in rows:
+        expected = DOWN_WIRE if row["direction"] == "down" else UP_WIRE
+        assert int(row["wire_bytes"]) == expected
+        assert int(row["payload_bits"]) == PAYLOAD_BITS
+        assert int(row["dense_bytes"]) == DENSE_BYTES
+        assert (row["codec"], row["status"]) == ("float32", "delivered")
+
+
+def test_failed_and_garbage_replies_are_logged_and_left_out(flat_config, tmp_path):
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path, **{"fraction-train": 1.0})
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    nan_reply = train_reply(messages[2], float("nan"))
+    wrong_shape = Message(
+        RecordDict(
+            {
+                keys.ARRAYS: ArrayRecord({"w": Array(np.zeros(4, np.float32))}),
+                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 5}),
+            }
+        ),
+        reply_to=messages[3],
+    )
+    replies = [
+        train_reply(messages[0], 1.0, examples=10),
+        Message(Error(code=0, reason="client crashed"), reply_to=messages[1]),
+        nan_reply,
+        wrong_shape,
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    statuses = [
+        (r["partition_id"], r["status"])
+        for r in read_rows(recorder)
+        if r["phase"] == "train" and r["direction"] == "up"
+    ]
+    assert statuses == [("0", "delivered"), ("1", "failed"), ("2", "rejected"), ("3", "rejected")]
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.ones((2, 3), np.float32))
+
+
+def test_fedavg_weights_by_examples_in_partition_order(flat_config, tmp_path):
+    strategy, grid, _ = make_strategy(flat_config, tmp_path, **{"fraction-train": 1.0})
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    # values 0, 1, 2, 3 with 10, 30, 30, 30 examples: (0*10 + 30*(1+2+3)) / 100 = 1.8
+    replies = [
+        train_reply(m, float(i), examples=10 if i == 0 else 30) for i, m in enumerate(messages)
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies[::-1])
+    np.testing.assert_allclose(arrays["b"].numpy(), np.full(3, 1.8, np.float32), rtol=1e-6)
+    assert metrics[keys.TRAIN_LOSS] == pytest.approx(0.5)
+
+
+def test_selection_is_seeded_and_independent_of_node_ids(flat_config, tmp_path):
+    first, grid_a, _ = make_strategy(dict(flat_config), tmp_path, partitions=10, node_offset=5)
+    second, grid_b, _ = make_strategy(dict(flat_config), tmp_path, partitions=10, node_offset=9)
+
+    def chosen(strategy, grid, server_round):
+        messages = strategy.configure_train(server_round, model(), ConfigRecord(), grid)
+        return [grid.partition_of_node[m.metadata.dst_node_id] for m in messages]
+
+    assert chosen(first, grid_a, 1) == chosen(second, grid_b, 1)
+    assert len(chosen(first, grid_a, 2)) == 5
+    rounds = {tuple(chosen(first, grid_a, r)) for r in range(1, 6)}
+    assert len(rounds) > 1  # different rounds draw different clients
+
+
+def test_summary_matches_the_formula_plus_framing(flat_config, tmp_path):
+    strategy, grid, _ = make_strategy(flat_config, tmp_path)
+    for server_round in (1, 2):
+        messages = list(strategy.configure_train(server_round, model(), ConfigRecord(), grid))
+        strategy.aggregate_train(server_round, [train_reply(m, 1.0) for m in messages])
+    summary = strategy.bandwidth_summary(model_bytes=DENSE_BYTES)
+    # (36 + 36) x 4 clients x 0.5 x 2 rounds = 288 B; 8 messages carry framing on top
+    assert summary["formula_bytes"] == 288
+    assert summary["measured_train_bytes"] == 2 * 2 * (DOWN_WIRE + UP_WIRE) == 2584
+    assert summary["framing_bytes"] == 2584 - 288
+    assert summary["unexplained_bytes"] == 0
+
+
+def test_round_row_sums_bytes_of_all_phases(flat_config, tmp_path):
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path)
+    strategy.finish_round(0, 2.3, 0.1)
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    strategy.aggregate_train(1, [train_reply(m, 1.0) for m in messages])
+    row = strategy.finish_round(1, 1.0, 0.5)
+    assert (row["selected"], row["delivered"]) == (2, 2)
+    assert (row["up_bytes"], row["down_bytes"]) == (2 * UP_WIRE, 2 * DOWN_WIRE)
+    assert row["cum_bytes"] == 4 * 42 + 2 * (UP_WIRE + DOWN_WIRE)
+    assert [r["round"] for r in read_rows(recorder, "rounds.csv")] == ["0", "1"]
