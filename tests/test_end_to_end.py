@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_BYTES = 7850 * 4
 DOWN_WIRE = MODEL_BYTES + 280 + 20
 UP_WIRE = MODEL_BYTES + 280 + 38
-RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 seed=7"
+RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-train=0.5 seed=7"
 
 pytestmark = pytest.mark.e2e
 
