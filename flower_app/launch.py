@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
-from flower_app.data import DatasetMissingError, load_dataset
-from flower_app.simulation import parse_run_config
+from flower_app.data import load_dataset
+from flower_app.simulation import parse_run_config, run_command
 
 REPO = PYPROJECT.parent
 
@@ -73,8 +73,11 @@ def flower_processes(flwr_home: Path, ray_tmpdir: Path | None = None) -> list[in
             cwd = (proc / "cwd").resolve()
         except OSError:
             continue
-        ray_agent = ray_tmpdir is not None and cmdline.startswith(b"ray::") and (
-            cwd == ray_tmpdir.parent.resolve())
+        ray_agent = (
+            ray_tmpdir is not None
+            and cmdline.startswith(b"ray::")
+            and (cwd == ray_tmpdir.parent.resolve())
+        )
         if str(flwr_home).encode() in cmdline or environ.intersection(markers) or ray_agent:
             pids.append(int(proc.name))
     return pids
@@ -163,16 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         stopped = stop_flower(flower_env())
         print(f"stopped {len(stopped)} Flower process(es)" if stopped else "nothing to stop")
         return 0
-    try:
-        run_dir = run_flwr(parse_run_config(args.run_config), args.num_supernodes, args.client_cpus)
-    except (ConfigError, DatasetMissingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"run folder: {run_dir}")
-    return 0
+    return run_command(
+        lambda: run_flwr(parse_run_config(args.run_config), args.num_supernodes, args.client_cpus)
+    )
 
 
 if __name__ == "__main__":

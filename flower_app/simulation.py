@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,20 @@ def parse_run_config(text: str) -> dict[str, Any]:
     return overrides
 
 
+def run_command(action: Callable[[], Path]) -> int:
+    """Run `action` for a command line: a config or data error is one line and exit code 2."""
+    try:
+        run_dir = action()
+    except (ConfigError, DatasetMissingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"run folder: {run_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: run one experiment; a config error is one line and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,18 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-gpus", type=float, default=None)
     args = parser.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.INFO)
-    try:
-        run_dir = run_experiment(
+    return run_command(
+        lambda: run_experiment(
             parse_run_config(args.run_config),
             args.num_supernodes,
             args.client_cpus,
             args.client_gpus,
         )
-    except (ConfigError, DatasetMissingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"run folder: {run_dir}")
-    return 0
+    )
 
 
 if __name__ == "__main__":

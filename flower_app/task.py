@@ -34,67 +34,29 @@ def to_tensors(images: np.ndarray, labels: np.ndarray) -> Tensors:
     return Tensors(x, torch.from_numpy(labels.astype(np.int64)))
 
 
-@lru_cache(maxsize=8)
-def partition_table(
-    dataset: str,
-    data_dir: str,
-    partitioner: str,
-    num_partitions: int,
-    seed: int,
-    dirichlet_alpha: float,
-    classes_per_client: int,
-    balancedness: float,
-) -> tuple[np.ndarray, ...]:
-    """All clients' sample indices, computed once per process."""
-    labels = load_dataset(dataset, data_dir, seed).train_labels
+@lru_cache(maxsize=4)
+def partition_indices(config: ExperimentConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
+    """All clients' sample indices, computed once per process and config."""
+    labels = load_dataset(config.dataset, config.data_dir, config.seed).train_labels
     return tuple(
         split_indices(
             labels,
-            partitioner,
+            config.partitioner,
             num_partitions,
-            seed,
-            dirichlet_alpha=dirichlet_alpha,
-            classes_per_client=classes_per_client,
-            balancedness=balancedness,
+            config.seed,
+            dirichlet_alpha=config.dirichlet_alpha,
+            classes_per_client=config.classes_per_client,
+            balancedness=config.balancedness,
         )
     )
 
 
-def partition_indices(config: ExperimentConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
-    """The cached partition table for a config."""
-    return partition_table(
-        config.dataset,
-        config.data_dir,
-        config.partitioner,
-        num_partitions,
-        config.seed,
-        config.dirichlet_alpha,
-        config.classes_per_client,
-        config.balancedness,
-    )
-
-
-_PARTITION_TENSORS: dict[tuple, Tensors] = {}
-
-
+@lru_cache(maxsize=1024)
 def client_data(config: ExperimentConfig, partition_id: int, num_partitions: int) -> Tensors:
     """A client's training tensors, built once per process and partition."""
-    key = (
-        config.dataset,
-        config.data_dir,
-        config.partitioner,
-        num_partitions,
-        config.seed,
-        config.dirichlet_alpha,
-        config.classes_per_client,
-        config.balancedness,
-        partition_id,
-    )
-    if key not in _PARTITION_TENSORS:
-        data = load_dataset(config.dataset, config.data_dir, config.seed)
-        indices = partition_indices(config, num_partitions)[partition_id]
-        _PARTITION_TENSORS[key] = to_tensors(data.train_images[indices], data.train_labels[indices])
-    return _PARTITION_TENSORS[key]
+    data = load_dataset(config.dataset, config.data_dir, config.seed)
+    indices = partition_indices(config, num_partitions)[partition_id]
+    return to_tensors(data.train_images[indices], data.train_labels[indices])
 
 
 @lru_cache(maxsize=2)

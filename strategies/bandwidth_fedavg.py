@@ -89,8 +89,7 @@ class BandwidthFedAvg(FedAvg):
             self._log(0, self.partition_of.get(node_id, -1), "query", "down", RecordDict(), None)
         for reply in self._sorted(replies):
             status = "delivered" if self._partition(reply) >= 0 else "rejected"
-            content = RecordDict() if reply.has_error() else reply.content
-            self._log(0, self._partition(reply), "query", "up", content, None, status=status)
+            self._log_reply(0, "query", reply, "failed" if reply.has_error() else status)
         if not self.node_of:
             raise RuntimeError("no node answered the partition-id query; nothing to train")
         return len(self.node_of)
@@ -102,18 +101,8 @@ class BandwidthFedAvg(FedAvg):
         """Select partitions (seeded) and send each the global model; log each message."""
         self._start_round(server_round)
         self._global_shapes = {name: tuple(array.shape) for name, array in arrays.items()}
-        count = selected_count(len(self.node_of), self.config.fraction_train)
-        chosen = select_partitions(
-            list(self.node_of), count, self.config.seed, server_round, TRAIN_STREAM
-        )
-        self._round["selected"] = len(chosen)
-        config[keys.SERVER_ROUND] = server_round
-        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
-        messages = []
-        for partition_id in chosen:
-            node_id = self.node_of[partition_id]
-            self._log(server_round, partition_id, "train", "down", content, arrays)
-            messages.append(Message(content, message_type=MessageType.TRAIN, dst_node_id=node_id))
+        messages = self._broadcast(server_round, "train", arrays, config)
+        self._round["selected"] = len(messages)
         return messages
 
     def aggregate_train(
@@ -123,16 +112,7 @@ class BandwidthFedAvg(FedAvg):
         accepted = []
         for reply in self._sorted(replies):
             status = self._check_train_reply(reply)
-            arrays = None if reply.has_error() else reply.content.array_records.get(keys.ARRAYS)
-            self._log(
-                server_round,
-                self._partition(reply),
-                "train",
-                "up",
-                RecordDict() if reply.has_error() else reply.content,
-                arrays,
-                status=status,
-            )
+            self._log_reply(server_round, "train", reply, status)
             if status == "delivered":
                 accepted.append(reply)
         self._round["delivered"] = len(accepted)
@@ -176,22 +156,7 @@ class BandwidthFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Federated evaluation on a seeded subset (off when fraction-evaluate is 0)."""
-        count = selected_count(len(self.node_of), self.config.fraction_evaluate)
-        if count == 0:
-            return []
-        chosen = select_partitions(
-            list(self.node_of), count, self.config.seed, server_round, EVALUATE_STREAM
-        )
-        config[keys.SERVER_ROUND] = server_round
-        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
-        messages = []
-        for partition_id in chosen:
-            node_id = self.node_of[partition_id]
-            self._log(server_round, partition_id, "evaluate", "down", content, arrays)
-            messages.append(
-                Message(content, message_type=MessageType.EVALUATE, dst_node_id=node_id)
-            )
-        return messages
+        return self._broadcast(server_round, "evaluate", arrays, config)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -201,15 +166,7 @@ class BandwidthFedAvg(FedAvg):
         for reply in self._sorted(replies):
             metrics = None if reply.has_error() else reply.content.metric_records.get(keys.METRICS)
             status = "delivered" if metrics is not None else "failed"
-            self._log(
-                server_round,
-                self._partition(reply),
-                "evaluate",
-                "up",
-                RecordDict() if reply.has_error() else reply.content,
-                None,
-                status=status,
-            )
+            self._log_reply(server_round, "evaluate", reply, status)
             if status == "delivered":
                 accepted.append(reply)
         return super().aggregate_evaluate(server_round, accepted) if accepted else None
@@ -263,6 +220,35 @@ class BandwidthFedAvg(FedAvg):
         self._round = {"round": server_round, "up": 0, "down": 0, "t0": time.perf_counter()}
 
     # ------------------------------------------------------------------ helpers
+    def _broadcast(
+        self, server_round: int, phase: str, arrays: ArrayRecord, config: ConfigRecord
+    ) -> list[Message]:
+        """Send the model to this round's seeded selection for `phase`; log each message."""
+        fraction, stream, message_type = {
+            "train": (self.config.fraction_train, TRAIN_STREAM, MessageType.TRAIN),
+            "evaluate": (self.config.fraction_evaluate, EVALUATE_STREAM, MessageType.EVALUATE),
+        }[phase]
+        count = selected_count(len(self.node_of), fraction)
+        if count == 0:
+            return []
+        chosen = select_partitions(
+            list(self.node_of), count, self.config.seed, server_round, stream
+        )
+        config[keys.SERVER_ROUND] = server_round
+        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
+        messages = []
+        for partition_id in chosen:
+            self._log(server_round, partition_id, phase, "down", content, arrays)
+            messages.append(
+                Message(content, message_type=message_type, dst_node_id=self.node_of[partition_id])
+            )
+        return messages
+
+    def _log_reply(self, server_round: int, phase: str, reply: Message, status: str) -> None:
+        content = RecordDict() if reply.has_error() else reply.content
+        arrays = content.array_records.get(keys.ARRAYS)
+        self._log(server_round, self._partition(reply), phase, "up", content, arrays, status)
+
     def _log(
         self,
         server_round: int,

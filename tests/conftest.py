@@ -15,7 +15,7 @@ def flat_config(tmp_path):
             "dataset": "synthetic",
             "model": "logistic",
             "num-server-rounds": 2,
-        "fraction-train": 0.5,
+            "fraction-train": 0.5,
             "output-dir": str(tmp_path / "outputs"),
             "run-name": "test-run",
         }
