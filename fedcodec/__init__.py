@@ -1,0 +1,1 @@
+"""Pure codecs (numpy only, never Flower): encode to packed arrays with an exact bit count."""

@@ -1,0 +1,138 @@
+"""Sparse ternary compression (Sattler et al.) of a whole model update into three arrays.
+
+Per tensor: keep the k = ceil(p * N) largest magnitudes (never an exact zero), send each as
++mu or -mu, mu the mean magnitude of the kept entries. What travels for a model of T tensors:
+
+- `bits` (uint8): per tensor, its Golomb-Rice position code then one sign bit per kept entry
+  (1 = negative), all tensors back to back, packed with `np.packbits`;
+- `counts` (uint32, T): k of each tensor;
+- `means` (float32, T): mu of each tensor.
+
+`payload_bits` is the exact content: the bit length of `bits` before padding, plus 32 bits per
+count and per mean. The receiver knows the model's shapes, so they do not travel; the Rice
+parameter follows from k and N on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedcodec.golomb import gap_bits, read_gaps, rice_parameter
+
+HEADER_BITS_PER_TENSOR = 32 + 32  # one uint32 count, one float32 mean
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The arrays that travel and the exact number of bits they carry."""
+
+    arrays: dict[str, np.ndarray]
+    payload_bits: int
+
+
+def keep_count(size: int, p: float) -> int:
+    """k = ceil(p * N), at most N (the reference's rule)."""
+    return min(size, math.ceil(p * size))
+
+
+def top_k_positions(
+    magnitudes: np.ndarray,
+    k: int,
+    approx: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Sorted positions of the entries kept by (approximate) top-k of `magnitudes`.
+
+    With `approx` < 1, the threshold is the k-th largest share of a random contiguous sample
+    of at least `approx` of the entries (and at least 100 / p of them, as the reference does);
+    every entry at or above it is kept, so the count is close to k, not exactly k. When the
+    estimate is degenerate (zero, or the maximum) the exact top-k is used.
+    """
+    size = magnitudes.size
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    if approx < 1.0 and k < size:
+        if rng is None:
+            raise ValueError("approximate top-k needs an rng")
+        p = k / size
+        sample = min(size, max(math.ceil(size * approx), math.ceil(100 / p)))
+        if sample < size:
+            start = int(rng.integers(size - sample + 1))
+            window = magnitudes[start : start + sample]
+            top = math.ceil(sample * p)
+            threshold = np.partition(window, sample - top)[sample - top]
+            if 0.0 < threshold < magnitudes.max():
+                return np.flatnonzero(magnitudes >= threshold)
+    kept = np.argpartition(magnitudes, size - k)[size - k :]
+    return np.sort(kept)
+
+
+def encode(
+    tensors: list[np.ndarray],
+    p: float,
+    *,
+    approx: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> Encoded:
+    """STC-encode a list of tensors (a model update). The inputs are never modified.
+
+    Raises
+    ------
+    ValueError
+        When p or approx is outside (0, 1], or a tensor holds NaN or inf.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"p={p} is out of range; allowed: (0, 1]")
+    if not 0.0 < approx <= 1.0:
+        raise ValueError(f"approx={approx} is out of range; allowed: (0, 1]")
+    streams, counts, means = [], [], []
+    for index, tensor in enumerate(tensors):
+        flat = np.asarray(tensor, dtype=np.float32).ravel()
+        if not np.isfinite(flat).all():
+            raise ValueError(f"tensor {index} holds NaN or inf; refusing to encode it")
+        magnitudes = np.abs(flat)
+        positions = top_k_positions(magnitudes, keep_count(flat.size, p), approx, rng)
+        positions = positions[magnitudes[positions] > 0]  # a kept zero would become +-mu
+        mean = np.float32(magnitudes[positions].mean()) if positions.size else np.float32(0)
+        b = rice_parameter(positions.size / flat.size) if flat.size else 0
+        streams += [gap_bits(positions, b), (flat[positions] < 0).astype(np.uint8)]
+        counts.append(positions.size)
+        means.append(mean)
+    bits = np.concatenate(streams) if streams else np.zeros(0, np.uint8)
+    arrays = {
+        "bits": np.packbits(bits),
+        "counts": np.asarray(counts, dtype=np.uint32),
+        "means": np.asarray(means, dtype=np.float32),
+    }
+    return Encoded(arrays, len(bits) + HEADER_BITS_PER_TENSOR * len(tensors))
+
+
+def decode(encoded: Encoded, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Rebuild the ternary tensors (float32) of the given shapes from `encoded`."""
+    counts, means = encoded.arrays["counts"], encoded.arrays["means"]
+    if len(counts) != len(shapes) or len(means) != len(shapes):
+        raise ValueError(f"encoded update has {len(counts)} tensors, the model {len(shapes)}")
+    num_bits = encoded.payload_bits - HEADER_BITS_PER_TENSOR * len(shapes)
+    bits = np.unpackbits(encoded.arrays["bits"], count=num_bits)
+    tensors, offset = [], 0
+    for shape, count, mean in zip(shapes, counts, means, strict=True):
+        size, count = math.prod(shape), int(count)
+        b = rice_parameter(count / size) if size else 0
+        positions, used = read_gaps(bits[offset:], count, b, size)
+        offset += used
+        signs = bits[offset : offset + count]
+        offset += count
+        if positions.size and positions[-1] >= size:
+            raise ValueError("a decoded position lies outside its tensor")
+        flat = np.zeros(size, dtype=np.float32)
+        flat[positions] = np.where(signs == 1, -mean, mean)
+        tensors.append(flat.reshape(shape))
+    return tensors
+
+
+def compress(tensors: list[np.ndarray], p: float, **kwargs) -> list[np.ndarray]:
+    """decode(encode(...)): what the receiver reconstructs."""
+    return decode(encode(tensors, p, **kwargs), [np.shape(t) for t in tensors])
