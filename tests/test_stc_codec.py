@@ -15,8 +15,7 @@ from fedcodec.golomb import gap_bits, read_gaps, rice_parameter
 
 def test_rice_parameter_from_the_paper_formula():
     # b* = 1 + floor(log2(ln(0.618) / ln(1 - q))): q=0.01 -> log2(47.9)=5.58 -> 6
-    assert [rice_parameter(q) for q in (0.01, 0.001, 0.002, 3 / 16, 0.5, 1.0)] == [
-        6, 9, 8, 2, 0, 0]
+    assert [rice_parameter(q) for q in (0.01, 0.001, 0.002, 3 / 16, 0.5, 1.0)] == [6, 9, 8, 2, 0, 0]
 
 
 def test_position_code_by_hand():
@@ -96,8 +95,9 @@ def test_decode_of_encode_is_exact_on_a_model():
     model = [rng.normal(size=s).astype(np.float32) for s in ((32, 1, 5, 5), (32,), (512, 10))]
     encoded = stc.encode(model, p=0.01)
     decoded = stc.decode(encoded, [m.shape for m in model])
-    again = stc.decode(stc.Encoded(dict(encoded.arrays), encoded.payload_bits),
-                       [m.shape for m in model])
+    again = stc.decode(
+        stc.Encoded(dict(encoded.arrays), encoded.payload_bits), [m.shape for m in model]
+    )
     for a, b in zip(decoded, again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert [np.count_nonzero(d) for d in decoded] == [8, 1, 52]
@@ -121,13 +121,15 @@ def test_approximate_top_k_falls_back_to_exact_when_degenerate():
 
 
 @settings(max_examples=40, deadline=None)
-@given(arrays(np.float32, st.integers(1, 200), elements=finite),
-       arrays(np.float32, st.integers(1, 200), elements=finite))
+@given(
+    arrays(np.float32, st.integers(1, 200), elements=finite),
+    arrays(np.float32, st.integers(1, 200), elements=finite),
+)
 def test_error_feedback_invariant(residual_seed, delta_seed):
     size = min(residual_seed.size, delta_seed.size)
     residual, delta = [residual_seed[:size].copy()], [delta_seed[:size].copy()]
-    sent, new_residual = error_feedback_step(residual, delta,
-                                             lambda t: stc.compress(t, p=0.1))
-    np.testing.assert_allclose(residual[0] + delta[0], sent[0] + new_residual[0],
-                               rtol=1e-6, atol=1e-3)
+    sent, new_residual = error_feedback_step(residual, delta, lambda t: stc.compress(t, p=0.1))
+    np.testing.assert_allclose(
+        residual[0] + delta[0], sent[0] + new_residual[0], rtol=1e-6, atol=1e-3
+    )
     np.testing.assert_array_equal(residual[0], residual_seed[:size])  # inputs untouched
