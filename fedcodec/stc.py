@@ -112,25 +112,37 @@ def encode(
 
 def decode(encoded: Encoded, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
     """Rebuild the ternary tensors (float32) of the given shapes from `encoded`."""
-    counts, means = encoded.arrays["counts"], encoded.arrays["means"]
+    return decode_arrays(encoded.arrays, shapes)[0]
+
+
+def decode_arrays(
+    arrays: dict[str, np.ndarray], shapes: list[tuple[int, ...]]
+) -> tuple[list[np.ndarray], int]:
+    """Decode the travelling arrays; return the tensors and the exact payload bits read.
+
+    The receiver needs no bit count: it walks the stream with the counts it was sent, and
+    the padding of the last byte is never read.
+    """
+    counts, means = arrays["counts"], arrays["means"]
     if len(counts) != len(shapes) or len(means) != len(shapes):
         raise ValueError(f"encoded update has {len(counts)} tensors, the model {len(shapes)}")
-    num_bits = encoded.payload_bits - HEADER_BITS_PER_TENSOR * len(shapes)
-    bits = np.unpackbits(encoded.arrays["bits"], count=num_bits)
+    bits = np.unpackbits(np.asarray(arrays["bits"], dtype=np.uint8))
     tensors, offset = [], 0
     for shape, count, mean in zip(shapes, counts, means, strict=True):
         size, count = math.prod(shape), int(count)
+        if count > size:
+            raise ValueError(f"count {count} exceeds the tensor's {size} entries")
         b = rice_parameter(count / size) if size else 0
         positions, used = read_gaps(bits[offset:], count, b, size)
         offset += used
         signs = bits[offset : offset + count]
         offset += count
-        if positions.size and positions[-1] >= size:
-            raise ValueError("a decoded position lies outside its tensor")
+        if len(signs) != count or (positions.size and positions[-1] >= size):
+            raise ValueError("the position or sign stream does not fit the tensor")
         flat = np.zeros(size, dtype=np.float32)
         flat[positions] = np.where(signs == 1, -mean, mean)
         tensors.append(flat.reshape(shape))
-    return tensors
+    return tensors, offset + HEADER_BITS_PER_TENSOR * len(shapes)
 
 
 def compress(tensors: list[np.ndarray], p: float, **kwargs) -> list[np.ndarray]:

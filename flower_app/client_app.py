@@ -12,11 +12,12 @@ from flower_app.config import ExperimentConfig, parse
 from flower_app.models import build_model
 from flower_app.task import client_data, evaluate, round_generator, train
 from mods import keys
+from mods.stc_mod import stc_mod
 
 
 def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
-    app = ClientApp()
+    app = ClientApp(mods=[stc_mod])
 
     def setup(context: Context) -> tuple[ExperimentConfig, int, int]:
         torch.set_num_threads(1)  # one CPU per simulated client; several run side by side

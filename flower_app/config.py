@@ -14,7 +14,7 @@ from typing import Any
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
-STRATEGIES = ("fedavg",)
+STRATEGIES = ("fedavg", "stc")
 MODELS = ("cnn", "logistic")
 DATASETS = ("fashion-mnist", "mnist", "synthetic")
 PARTITIONERS = ("iid", "dirichlet", "classes")
@@ -22,6 +22,17 @@ PARTITIONERS = ("iid", "dirichlet", "classes")
 
 class ConfigError(ValueError):
     """A run-config value that is not allowed; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class StcConfig:
+    """`stc.*`: sparse ternary compression on both links (used when strategy = "stc")."""
+
+    p_up: float
+    p_down: float
+    accumulate_up: bool
+    accumulate_down: bool
+    approx: float
 
 
 @dataclass(frozen=True)
@@ -46,10 +57,18 @@ class ExperimentConfig:
     seed: int
     output_dir: str
     run_name: str
+    stc: StcConfig
 
     def to_flat(self) -> dict[str, Any]:
-        """Return the config as Flower's flat kebab-case run-config."""
-        return {key.replace("_", "-"): value for key, value in asdict(self).items()}
+        """Return the config as Flower's flat kebab-case run-config (dotted sub-tables)."""
+        return _flatten(_kebab(asdict(self)))
+
+
+def _kebab(table: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key.replace("_", "-"): _kebab(value) if isinstance(value, dict) else value
+        for key, value in table.items()
+    }
 
 
 def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
@@ -103,6 +122,13 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
         seed=get.integer("seed", low=0),
         output_dir=get.string("output-dir"),
         run_name=get.string("run-name"),
+        stc=StcConfig(
+            p_up=get.number("stc.p-up", low=0.0, high=1.0, low_open=True),
+            p_down=get.number("stc.p-down", low=0.0, high=1.0, low_open=True),
+            accumulate_up=get.boolean("stc.accumulate-up"),
+            accumulate_down=get.boolean("stc.accumulate-down"),
+            approx=get.number("stc.approx", low=0.0, high=1.0, low_open=True),
+        ),
     )
     if config.data_dir and not Path(config.data_dir).is_dir():
         raise ConfigError(
@@ -148,6 +174,12 @@ class _Getter:
         value = self.string(key)
         if value not in allowed:
             raise ConfigError(f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self._raw(key)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
         return value
 
     def integer(self, key: str, low: int) -> int:

@@ -21,7 +21,7 @@ from flower_app.data import DatasetMissingError
 from flower_app.models import build_model
 from flower_app.recorder import Recorder
 from flower_app.task import evaluate, test_data
-from strategies import BandwidthFedAvg
+from strategies import PRESETS
 from strategies.accounting import dense_bytes
 
 MB = 1e6
@@ -53,7 +53,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     model = build_model(config.model, config.seed)
     initial = ArrayRecord(model.state_dict())
     model_bytes = dense_bytes(initial)
-    strategy = BandwidthFedAvg(config, recorder)
+    strategy = PRESETS[config.strategy](config, recorder)
     clients = strategy.discover_partitions(grid)
     _check_selection(config, clients)
     log(
@@ -74,15 +74,14 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
         rows.append(row)
         log(
             INFO,
-            "[round %d/%d] test acc %.4f loss %.4f | up %.2f MB down %.2f MB | "
-            "cum %.2f MB | %.1f s",
+            "[round %d/%d] test acc %.4f loss %.4f | up %s down %s | cum %s | %.1f s",
             server_round,
             config.num_server_rounds,
             accuracy,
             loss,
-            row["up_bytes"] / MB,
-            row["down_bytes"] / MB,
-            row["cum_bytes"] / MB,
+            human_bytes(row["up_bytes"]),
+            human_bytes(row["down_bytes"]),
+            human_bytes(row["cum_bytes"]),
             row["wall_s"],
         )
         return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
@@ -105,6 +104,14 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     )
     _log_formula(bandwidth)
     return run_dir
+
+
+def human_bytes(count: float) -> str:
+    """Bytes in decimal units: 950 B, 12.3 kB, 6.65 MB, 1.20 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count:.0f} B"
 
 
 def _check_selection(config: ExperimentConfig, clients: int) -> None:

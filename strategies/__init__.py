@@ -1,5 +1,8 @@
 """Flower strategies that measure every message and the presets built on them."""
 
 from strategies.bandwidth_fedavg import BandwidthFedAvg
+from strategies.stc import StcFedAvg
 
-__all__ = ["BandwidthFedAvg"]
+PRESETS = {"fedavg": BandwidthFedAvg, "stc": StcFedAvg}
+
+__all__ = ["PRESETS", "BandwidthFedAvg", "StcFedAvg"]

@@ -6,6 +6,7 @@ import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
 FLOAT32_BYTES = 4
+DENSE_CODEC = "float32"
 
 
 def wire_bytes(content: RecordDict) -> int:
@@ -30,3 +31,12 @@ def dense_bytes(arrays: ArrayRecord) -> int:
     return sum(
         int(np.prod(array.shape, dtype=np.int64)) * FLOAT32_BYTES for array in arrays.values()
     )
+
+
+def dense_fields(arrays: ArrayRecord) -> dict:
+    """Log fields of a message that carries `arrays` as they are."""
+    return {
+        "codec": DENSE_CODEC,
+        "payload_bits": payload_bits(arrays),
+        "dense_bytes": dense_bytes(arrays),
+    }

@@ -21,10 +21,9 @@ from flwr.serverapp.strategy import FedAvg
 from flower_app.config import ExperimentConfig, selected_count
 from flower_app.recorder import Recorder
 from mods import keys
-from strategies.accounting import dense_bytes, payload_bits, wire_bytes
+from strategies.accounting import dense_fields, wire_bytes
 from strategies.selection import EVALUATE_STREAM, TRAIN_STREAM, select_partitions
 
-DENSE_CODEC = "float32"
 QUERY_TIMEOUT_S = 600.0
 
 
@@ -86,7 +85,7 @@ class BandwidthFedAvg(FedAvg):
             self.node_of[partition_id] = node_id
             self.partition_of[node_id] = partition_id
         for node_id in sorted(node_ids, key=lambda node: self.partition_of.get(node, -1)):
-            self._log(0, self.partition_of.get(node_id, -1), "query", "down", RecordDict(), None)
+            self._log(0, self.partition_of.get(node_id, -1), "query", "down", RecordDict())
         for reply in self._sorted(replies):
             status = "delivered" if self._partition(reply) >= 0 else "rejected"
             self._log_reply(0, "query", reply, "failed" if reply.has_error() else status)
@@ -119,10 +118,16 @@ class BandwidthFedAvg(FedAvg):
         if not accepted:
             log(WARNING, "round %s: no usable update; the global model is kept", server_round)
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, accepted)
+        arrays, metrics = self.aggregate_updates(server_round, accepted)
         if metrics is not None:
             self._round["train_loss"] = float(metrics.get(keys.TRAIN_LOSS, float("nan")))
         return arrays, metrics
+
+    def aggregate_updates(
+        self, server_round: int, accepted: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Combine the accepted replies (in partition order); here FedAvg's weighted mean."""
+        return super().aggregate_train(server_round, accepted)
 
     def _check_train_reply(self, reply: Message) -> str:
         """`delivered`, or `failed` / `rejected` with a warning saying why."""
@@ -235,19 +240,35 @@ class BandwidthFedAvg(FedAvg):
             list(self.node_of), count, self.config.seed, server_round, stream
         )
         config[keys.SERVER_ROUND] = server_round
-        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
         messages = []
         for partition_id in chosen:
-            self._log(server_round, partition_id, phase, "down", content, arrays)
+            content, fields = self.downlink(server_round, phase, partition_id, arrays, config)
+            self._log(server_round, partition_id, phase, "down", content, **fields)
             messages.append(
                 Message(content, message_type=message_type, dst_node_id=self.node_of[partition_id])
             )
         return messages
 
+    def downlink(
+        self,
+        server_round: int,
+        phase: str,
+        partition_id: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> tuple[RecordDict, dict]:
+        """The content sent to one client and its log fields; here the dense global model."""
+        return RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dense_fields(arrays)
+
+    def reply_fields(self, reply: Message) -> dict:
+        """Log fields (codec, payload_bits, dense_bytes) of a reply; here a dense model."""
+        arrays = None if reply.has_error() else reply.content.array_records.get(keys.ARRAYS)
+        return dense_fields(arrays) if arrays is not None else {}
+
     def _log_reply(self, server_round: int, phase: str, reply: Message, status: str) -> None:
         content = RecordDict() if reply.has_error() else reply.content
-        arrays = content.array_records.get(keys.ARRAYS)
-        self._log(server_round, self._partition(reply), phase, "up", content, arrays, status)
+        fields = self.reply_fields(reply) if phase == "train" else {}
+        self._log(server_round, self._partition(reply), phase, "up", content, status, **fields)
 
     def _log(
         self,
@@ -256,8 +277,10 @@ class BandwidthFedAvg(FedAvg):
         phase: str,
         direction: str,
         content: RecordDict,
-        arrays: ArrayRecord | None,
         status: str = "delivered",
+        codec: str = "",
+        payload_bits: int = 0,
+        dense_bytes: int = 0,
     ) -> None:
         measured = wire_bytes(content)
         self.recorder.log_message(
@@ -266,10 +289,10 @@ class BandwidthFedAvg(FedAvg):
                 "partition_id": partition_id,
                 "phase": phase,
                 "direction": direction,
-                "codec": DENSE_CODEC if arrays is not None else "",
-                "payload_bits": payload_bits(arrays) if arrays is not None else 0,
+                "codec": codec,
+                "payload_bits": payload_bits,
                 "wire_bytes": measured,
-                "dense_bytes": dense_bytes(arrays) if arrays is not None else 0,
+                "dense_bytes": dense_bytes,
                 "status": status,
                 "sim_start_s": "",
                 "sim_end_s": "",
@@ -280,7 +303,7 @@ class BandwidthFedAvg(FedAvg):
         if phase == "train" and status == "delivered":
             self.train_bytes[direction] += measured
             self.train_messages[direction] += 1
-            self.train_framing_bytes += measured - (payload_bits(arrays) // 8 if arrays else 0)
+            self.train_framing_bytes += measured - payload_bits // 8
 
     def _partition(self, reply: Message) -> int:
         return self.partition_of.get(reply.metadata.src_node_id, -1)

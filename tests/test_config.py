@@ -19,7 +19,7 @@ def test_pyproject_defaults_parse():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("strategy", "fedprox", "strategy='fedprox' is not known; allowed: fedavg"),
+        ("strategy", "fedprox", "strategy='fedprox' is not known; allowed: fedavg, stc"),
         ("model", "resnet", "model='resnet' is not known; allowed: cnn, logistic"),
         ("dataset", "cifar10", "dataset='cifar10' is not known; allowed: fashion-mnist, mnist"),
         ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
@@ -35,6 +35,10 @@ def test_pyproject_defaults_parse():
         ("batch-size", 2.5, "batch-size=2.5 must be an integer >= 1"),
         ("model", 3, "model=3 must be a string"),
         ("data-dir", "/no/such/folder", "data-dir='/no/such/folder' is not a folder"),
+        ("stc.p-up", 0.0, "stc.p-up=0.0 is out of range; allowed: (0, 1]"),
+        ("stc.p-down", 1.5, "stc.p-down=1.5 is out of range; allowed: (0, 1]"),
+        ("stc.approx", -0.5, "stc.approx=-0.5 is out of range; allowed: (0, 1]"),
+        ("stc.accumulate-up", 1, "stc.accumulate-up=1 must be true or false"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(flat_config, key, value, message):

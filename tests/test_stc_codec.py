@@ -100,6 +100,8 @@ def test_decode_of_encode_is_exact_on_a_model():
     )
     for a, b in zip(decoded, again, strict=True):
         np.testing.assert_array_equal(a, b)
+    _, bits_read = stc.decode_arrays(encoded.arrays, [m.shape for m in model])
+    assert bits_read == encoded.payload_bits  # the receiver measures the exact payload
     assert [np.count_nonzero(d) for d in decoded] == [8, 1, 52]
 
 

@@ -1,0 +1,159 @@
+"""The stc preset without a simulation: the client mod (lambda as call_next) and the strategy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedcodec import stc
+from flower_app.config import parse
+from flower_app.recorder import Recorder
+from mods import keys
+from mods.stc_mod import stc_mod
+from strategies import StcFedAvg
+from tests.test_strategy import FakeGrid, read_rows
+
+SHAPES = {"w": (4, 25), "b": (5,)}
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+
+
+def model(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.normal(size=s).astype(np.float32) for n, s in SHAPES.items()}
+
+
+def record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({n: Array(v) for n, v in tensors.items()})
+
+
+def stc_config(**extra) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            keys.SERVER_ROUND: 1,
+            keys.CODEC: "stc",
+            keys.STC_P_UP: 0.1,
+            keys.STC_APPROX: 1.0,
+            keys.STC_ACCUMULATE_UP: True,
+            keys.SEED: 0,
+        }
+        | extra
+    )
+
+
+def context() -> Context:
+    return Context(1, 1, {keys.PARTITION_ID: 0, keys.NUM_PARTITIONS: 1}, RecordDict(), {})
+
+
+def train_message(content: RecordDict) -> Message:
+    return Message(content, message_type=MessageType.TRAIN, dst_node_id=1)
+
+
+def trainer(step: dict[str, np.ndarray], seen: list):
+    """A call_next that adds `step` to the model it receives and records that model."""
+
+    def call_next(msg: Message, ctx: Context) -> Message:
+        received = {n: a.numpy() for n, a in msg.content[keys.ARRAYS].items()}
+        seen.append(received)
+        trained = record({n: received[n] + step[n] for n in received})
+        metrics = MetricRecord({keys.TRAIN_LOSS: 1.0, keys.NUM_EXAMPLES: 10})
+        return Message(RecordDict({keys.ARRAYS: trained, keys.METRICS: metrics}), reply_to=msg)
+
+    return call_next
+
+
+def test_mod_compresses_the_update_and_keeps_the_residual():
+    ctx, seen, step = context(), [], model(1)
+    start = model(0)
+    msg = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: stc_config()}))
+    reply = stc_mod(msg, ctx, trainer(step, seen))
+    arrays = {p: reply.content[keys.ARRAYS][p].numpy() for p in ("bits", "counts", "means")}
+    # 10% of 100 and of 5 entries: 10 and 1 kept
+    assert arrays["counts"].tolist() == [10, 1]
+    sent, _ = stc.decode_arrays(arrays, list(SHAPES.values()))
+    residual = ctx.state[keys.STATE_RESIDUAL]
+    for (name, value), decoded in zip(step.items(), sent, strict=True):
+        np.testing.assert_allclose(decoded + residual[name].numpy(), value, atol=1e-5)
+    np.testing.assert_array_equal(seen[0]["w"], start["w"])  # training starts from what came
+
+
+def test_mod_applies_catch_up_deltas_to_its_own_copy():
+    ctx, seen = context(), []
+    start = model(0)
+    first = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: stc_config()}))
+    stc_mod(first, ctx, trainer(model(1), seen))
+    deltas = {r: stc.encode(list(model(10 + r).values()), p=0.2) for r in (1, 2)}
+    down = ArrayRecord(
+        {
+            f"{r}.{p}": Array(e.arrays[p])
+            for r, e in deltas.items()
+            for p in ("bits", "counts", "means")
+        }
+    )
+    config = stc_config(**{keys.SERVER_ROUND: 3, keys.DOWN_ROUNDS: [1, 2]})
+    stc_mod(
+        train_message(RecordDict({keys.DOWN: down, keys.CONFIG: config})),
+        ctx,
+        trainer(model(1), seen),
+    )
+    expected = dict(start)
+    for encoded in deltas.values():
+        for name, value in zip(SHAPES, stc.decode(encoded, list(SHAPES.values())), strict=True):
+            expected[name] = expected[name] + value
+    for name in SHAPES:
+        np.testing.assert_array_equal(seen[1][name], expected[name])
+
+
+def test_mod_passes_other_messages_through():
+    ctx, seen = context(), []
+    content = RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: ConfigRecord()})
+    reply = stc_mod(train_message(content), ctx, trainer(model(1), seen))
+    assert set(reply.content[keys.ARRAYS]) == {"w", "b"}
+
+
+def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(flat_config, tmp_path):
+    # Prepare: 4 clients, 2 per round, STC both ways
+    flat_config.update({"strategy": "stc", "stc.p-up": 0.1, "stc.p-down": 0.05})
+    strategy = StcFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    grid = FakeGrid(4)
+    strategy.discover_partitions(grid)
+    clients = {pid: context() for pid in range(4)}
+    global_model = record(model(0))
+    # Execute: 4 rounds, each client through the real mod
+    for server_round in range(1, 5):
+        messages = list(strategy.configure_train(server_round, global_model, ConfigRecord(), grid))
+        replies = []
+        for msg in messages:
+            pid = grid.partition_of_node[msg.metadata.dst_node_id]
+            seen = []
+            reply = stc_mod(msg, clients[pid], trainer(model(100 + server_round), seen))
+            for name in SHAPES:  # the client trains from exactly the server's model
+                np.testing.assert_array_equal(seen[0][name], global_model[name].numpy())
+            replies.append(reply)
+        global_model, _ = strategy.aggregate_train(server_round, replies)
+    # Assert: downlinks were STC catch-ups once a client held a model
+    rows = [r for r in read_rows(strategy.recorder) if r["phase"] == "train"]
+    down = [(r["round"], r["partition_id"], r["codec"]) for r in rows if r["direction"] == "down"]
+    first_seen = {}
+    for server_round, pid, codec in down:
+        expected = "float32" if pid not in first_seen else "stc"
+        first_seen.setdefault(pid, server_round)
+        assert codec == expected
+    assert all(r["codec"] == "stc" for r in rows if r["direction"] == "up")
+    assert all(int(r["wire_bytes"]) * 8 >= int(r["payload_bits"]) for r in rows)
