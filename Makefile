@@ -36,6 +36,7 @@ test: install
 
 bench: install
 	$(PY) bench/bench_overhead.py
+	$(PY) bench/bench_stc.py
 
 lint: install
 	$(PY) -m ruff check .

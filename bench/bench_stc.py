@@ -1,0 +1,87 @@
+"""STC encode + decode of one Pythia-14m-sized update beside a plain float32 copy.
+
+The update has the tensor shapes of a GPT-NeoX with hidden 128, 6 layers, intermediate 512 and
+vocabulary 50304 (14,067,712 parameters), filled with seeded normal values. Prints the median
+time of each and its ratio to the copy. Target (issue 3): approximate STC within 10x of the copy.
+
+    python bench/bench_stc.py [--p 0.01] [--approx 0.01] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedcodec import stc  # noqa: E402
+
+HIDDEN, LAYERS, INTERMEDIATE, VOCAB = 128, 6, 512, 50304
+
+
+def pythia_14m_shapes() -> list[tuple[int, ...]]:
+    """Parameter shapes of Pythia-14m (embeddings untied, LayerNorms with bias)."""
+    layer = [
+        (HIDDEN,),
+        (HIDDEN,),  # input layernorm
+        (HIDDEN,),
+        (HIDDEN,),  # post-attention layernorm
+        (3 * HIDDEN, HIDDEN),
+        (3 * HIDDEN,),  # query_key_value
+        (HIDDEN, HIDDEN),
+        (HIDDEN,),  # attention dense
+        (INTERMEDIATE, HIDDEN),
+        (INTERMEDIATE,),  # mlp up
+        (HIDDEN, INTERMEDIATE),
+        (HIDDEN,),  # mlp down
+    ]
+    return [(VOCAB, HIDDEN)] + layer * LAYERS + [(HIDDEN,), (HIDDEN,), (VOCAB, HIDDEN)]
+
+
+def median_time(action, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--p", type=float, default=0.01)
+    parser.add_argument("--approx", type=float, default=0.01)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    shapes = pythia_14m_shapes()
+    rng = np.random.default_rng(0)
+    update = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
+    total = sum(t.size for t in update)
+    copy_s = median_time(lambda: [t.copy() for t in update], args.repeats)
+
+    def round_trip(approx: float) -> None:
+        encoded = stc.encode(update, args.p, approx=approx, rng=np.random.default_rng(1))
+        stc.decode(encoded, shapes)
+
+    exact_s = median_time(lambda: round_trip(1.0), args.repeats)
+    approx_s = median_time(lambda: round_trip(args.approx), args.repeats)
+    encoded = stc.encode(update, args.p)
+    print(f"{total:,} parameters in {len(shapes)} tensors, p = {args.p}; median of {args.repeats}")
+    print(f"{'':34}{'seconds':>10}{'x copy':>10}")
+    print(f"{'float32 copy':34}{copy_s:>10.4f}{1:>10.2f}")
+    print(f"{'STC exact top-k (encode+decode)':34}{exact_s:>10.4f}{exact_s / copy_s:>10.2f}")
+    label = f"STC approx {args.approx} (encode+decode)"
+    print(f"{label:34}{approx_s:>10.4f}{approx_s / copy_s:>10.2f}")
+    print(
+        f"payload {encoded.payload_bits / 8:,.0f} B vs {4 * total:,} B float32: "
+        f"{4 * total * 8 / encoded.payload_bits:.1f}x smaller"
+    )
+
+
+if __name__ == "__main__":
+    main()
