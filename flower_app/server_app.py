@@ -107,7 +107,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
 
 
 def human_bytes(count: float) -> str:
-    """Bytes in decimal units: 950 B, 12.3 kB, 6.65 MB, 1.20 GB."""
+    """Bytes in decimal units: 950 B, 12.30 kB, 6.65 MB, 1.20 GB."""
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if count >= size:
             return f"{count / size:.2f} {unit}"
@@ -149,12 +149,13 @@ def _log_formula(b: dict[str, Any]) -> None:
     log(
         INFO,
         "bandwidth: difference %+d B = Flower framing %d B over %d messages (.npy "
-        "headers, keys, config/metric records) %+d B other (dropped clients, rounding of "
-        "clients x fraction)",
+        "headers, keys, config/metric records) + payload minus formula %+d B (0 for dense "
+        "FedAvg when every client delivers; negative: compression, failed clients, "
+        "rounding of clients x fraction)",
         b["measured_train_bytes"] - b["formula_bytes"],
         b["framing_bytes"],
         b["train_messages"],
-        b["unexplained_bytes"],
+        b["payload_minus_formula_bytes"],
     )
 
 

@@ -215,7 +215,7 @@ class BandwidthFedAvg(FedAvg):
             "measured_train_down_bytes": self.train_bytes["down"],
             "train_messages": self.train_messages["up"] + self.train_messages["down"],
             "framing_bytes": self.train_framing_bytes,
-            "unexplained_bytes": measured - self.train_framing_bytes - formula,
+            "payload_minus_formula_bytes": measured - self.train_framing_bytes - formula,
             "total_up_bytes": self.totals["up"],
             "total_down_bytes": self.totals["down"],
             "total_bytes": self.totals["up"] + self.totals["down"],

@@ -170,7 +170,7 @@ def test_summary_matches_the_formula_plus_framing(flat_config, tmp_path):
     assert summary["formula_bytes"] == 288
     assert summary["measured_train_bytes"] == 2 * 2 * (DOWN_WIRE + UP_WIRE) == 2584
     assert summary["framing_bytes"] == 2584 - 288
-    assert summary["unexplained_bytes"] == 0
+    assert summary["payload_minus_formula_bytes"] == 0
 
 
 def test_round_row_sums_bytes_of_all_phases(flat_config, tmp_path):
