@@ -59,6 +59,7 @@ def bare_loop(overrides: dict, clients: int) -> list[float]:
                 config.lr,
                 config.momentum,
                 round_generator(config.seed, server_round, pid),
+                config.local_steps,
             )
             for key, value in model.state_dict().items():
                 total[key] += value * len(data)

@@ -50,6 +50,7 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
             config.lr,
             config.momentum,
             generator,
+            config.local_steps,
         )
         metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data)})
         content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.METRICS: metrics})

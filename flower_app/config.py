@@ -51,6 +51,7 @@ class ExperimentConfig:
     fraction_train: float
     fraction_evaluate: float
     local_epochs: int
+    local_steps: int
     batch_size: int
     lr: float
     momentum: float
@@ -116,6 +117,7 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
         fraction_train=get.number("fraction-train", low=0.0, high=1.0, low_open=True),
         fraction_evaluate=get.number("fraction-evaluate", low=0.0, high=1.0),
         local_epochs=get.integer("local-epochs", low=1),
+        local_steps=get.integer("local-steps", low=0),
         batch_size=get.integer("batch-size", low=1),
         lr=get.number("lr", low=0.0, low_open=True),
         momentum=get.number("momentum", low=0.0, high=1.0, high_open=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -66,6 +67,21 @@ def test_data(dataset: str, data_dir: str, seed: int) -> Tensors:
     return to_tensors(data.test_images, data.test_labels)
 
 
+def minibatches(
+    size: int, batch_size: int, epochs: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Index batches: `epochs` shuffled passes, or exactly `steps` batches when steps > 0."""
+    produced, passes = 0, 0
+    while (produced < steps) if steps else (passes < epochs):
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, size, batch_size):
+            if steps and produced == steps:
+                return
+            produced += 1
+            yield order[start : start + batch_size]
+        passes += 1
+
+
 def train(
     model: nn.Module,
     data: Tensors,
@@ -74,23 +90,21 @@ def train(
     lr: float,
     momentum: float,
     generator: torch.Generator,
+    steps: int = 0,
 ) -> float:
-    """Plain minibatch SGD; returns the mean training loss over all steps."""
+    """Plain minibatch SGD over `epochs` (or `steps` batches); returns the mean batch loss."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
-    total, steps = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
-            batch = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(data.images[batch]), data.labels[batch])
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
-    return total / max(steps, 1)
+    total, count = 0.0, 0
+    for batch in minibatches(len(data), batch_size, epochs, steps, generator):
+        optimizer.zero_grad()
+        loss = loss_fn(model(data.images[batch]), data.labels[batch])
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        count += 1
+    return total / max(count, 1)
 
 
 @torch.no_grad()

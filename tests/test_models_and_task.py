@@ -7,7 +7,14 @@ import torch
 from flower_app.config import parse
 from flower_app.data import synthetic_dataset
 from flower_app.models import build_model
-from flower_app.task import client_data, evaluate, round_generator, to_tensors, train
+from flower_app.task import (
+    client_data,
+    evaluate,
+    minibatches,
+    round_generator,
+    to_tensors,
+    train,
+)
 
 
 def count(model: torch.nn.Module) -> int:
@@ -57,3 +64,13 @@ def test_client_training_is_reproducible(flat_config):
         runs.append((loss, model.linear.weight.detach().clone()))
     assert runs[0][0] == runs[1][0]
     assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_minibatches_by_epochs_or_by_steps():
+    generator = round_generator(0, 1, 0)
+    by_epochs = list(minibatches(10, 4, epochs=2, steps=0, generator=generator))
+    by_steps = list(minibatches(10, 4, epochs=1, steps=5, generator=generator))
+    # 10 samples in batches of 4: 4, 4, 2 per pass
+    assert [len(b) for b in by_epochs] == [4, 4, 2, 4, 4, 2]
+    assert [len(b) for b in by_steps] == [4, 4, 2, 4, 4]
+    assert sorted(torch.cat(by_epochs[:3]).tolist()) == list(range(10))  # a pass is a permutation
