@@ -21,9 +21,8 @@ from mods import keys
 def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Decode an STC downlink and encode the update; pass other messages through."""
     config = msg.content.config_records.get(keys.CONFIG)
-    if msg.metadata.message_type != MessageType.TRAIN or config is None:
-        return call_next(msg, context)
-    if config.get(keys.CODEC) != "stc":
+    is_stc = config is not None and config.get(keys.CODEC) == "stc"
+    if msg.metadata.message_type != MessageType.TRAIN or not is_stc:
         return call_next(msg, context)
     received = receive_model(msg, context)
     msg.content[keys.ARRAYS] = to_record(received)
