@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from flower_app.config import parse, resolve, selected_count  # noqa: E402
 from flower_app.models import build_model  # noqa: E402
-from flower_app.task import client_data, evaluate, round_generator, test_data, train  # noqa: E402
+from flower_app.task import client_data, evaluate, local_train, test_data  # noqa: E402
 from strategies.selection import TRAIN_STREAM, select_partitions  # noqa: E402
 
 
@@ -51,16 +51,7 @@ def bare_loop(overrides: dict, clients: int) -> list[float]:
         for pid in chosen:
             model.load_state_dict(global_state)
             data = client_data(config, pid, clients)
-            train(
-                model,
-                data,
-                config.local_epochs,
-                config.batch_size,
-                config.lr,
-                config.momentum,
-                round_generator(config.seed, server_round, pid),
-                config.local_steps,
-            )
+            local_train(model, data, config, server_round, pid)
             for key, value in model.state_dict().items():
                 total[key] += value * len(data)
             examples += len(data)

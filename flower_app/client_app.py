@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from flower_app.config import ExperimentConfig, parse
 from flower_app.models import build_model
-from flower_app.task import client_data, evaluate, round_generator, train
+from flower_app.task import client_data, evaluate, local_train
 from mods import keys
 from mods.stc_mod import stc_mod
 
@@ -41,17 +41,7 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
         model = build_model(config.model, config.seed)
         model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
         data = client_data(config, partition_id, num_partitions)
-        generator = round_generator(config.seed, server_round, partition_id)
-        loss = train(
-            model,
-            data,
-            config.local_epochs,
-            config.batch_size,
-            config.lr,
-            config.momentum,
-            generator,
-            config.local_steps,
-        )
+        loss = local_train(model, data, config, server_round, partition_id)
         metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data)})
         content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.METRICS: metrics})
         return Message(content, reply_to=msg)

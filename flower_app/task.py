@@ -107,6 +107,23 @@ def train(
     return total / max(count, 1)
 
 
+def local_train(
+    model: nn.Module, data: Tensors, config: ExperimentConfig, server_round: int, partition_id: int
+) -> float:
+    """One client's local training in one round, as the config says; returns the mean loss."""
+    generator = round_generator(config.seed, server_round, partition_id)
+    return train(
+        model,
+        data,
+        config.local_epochs,
+        config.batch_size,
+        config.lr,
+        config.momentum,
+        generator,
+        config.local_steps,
+    )
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Tensors, batch_size: int = 1000) -> tuple[float, float]:
     """Return (mean cross-entropy loss, accuracy) on `data`."""
