@@ -27,6 +27,14 @@ from strategies.selection import EVALUATE_STREAM, TRAIN_STREAM, select_partition
 QUERY_TIMEOUT_S = 600.0
 
 
+def examples_problem(metrics: MetricRecord) -> str:
+    """What is wrong with a reply's example count ("" when it is a positive number)."""
+    examples = metrics.get(keys.NUM_EXAMPLES)
+    if not isinstance(examples, int | float) or examples <= 0:
+        return f"{keys.NUM_EXAMPLES}={examples!r} is not a positive count"
+    return ""
+
+
 class BandwidthFedAvg(FedAvg):
     """FedAvg with exact per-message byte logs and seeded, partition-keyed selection.
 
@@ -151,10 +159,7 @@ class BandwidthFedAvg(FedAvg):
             return "array names or shapes differ from the global model"
         if not all(np.isfinite(array.numpy()).all() for array in arrays.values()):
             return "NaN or inf in the update"
-        examples = metrics.get(keys.NUM_EXAMPLES)
-        if not isinstance(examples, int | float) or examples <= 0:
-            return f"{keys.NUM_EXAMPLES}={examples!r} is not a positive count"
-        return ""
+        return examples_problem(metrics)
 
     # ------------------------------------------------------------------ evaluation
     def configure_evaluate(

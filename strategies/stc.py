@@ -17,7 +17,7 @@ from fedcodec import stc
 from fedcodec.feedback import error_feedback_step
 from mods import keys
 from strategies.accounting import FLOAT32_BYTES, dense_bytes, dense_fields
-from strategies.bandwidth_fedavg import BandwidthFedAvg
+from strategies.bandwidth_fedavg import BandwidthFedAvg, examples_problem
 
 STC_PARTS = ("bits", "counts", "means")
 
@@ -93,9 +93,9 @@ class StcFedAvg(BandwidthFedAvg):
             return f"undecodable STC update: {error}"
         if not all(np.isfinite(t).all() for t in decoded[0]):
             return "NaN or inf in the update"
-        examples = metrics.get(keys.NUM_EXAMPLES)
-        if not isinstance(examples, int | float) or examples <= 0:
-            return f"{keys.NUM_EXAMPLES}={examples!r} is not a positive count"
+        problem = examples_problem(metrics)
+        if problem:
+            return problem
         self._decoded[id(content)] = decoded
         return ""
 
