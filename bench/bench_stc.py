@@ -10,47 +10,15 @@ time of each and its ratio to the copy. Target (issue 3): approximate STC within
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import median_time, pythia_14m_shapes  # noqa: E402
 from fedcodec import stc  # noqa: E402
-
-HIDDEN, LAYERS, INTERMEDIATE, VOCAB = 128, 6, 512, 50304
-
-
-def pythia_14m_shapes() -> list[tuple[int, ...]]:
-    """Parameter shapes of Pythia-14m (embeddings untied, LayerNorms with bias)."""
-    layer = [
-        (HIDDEN,),
-        (HIDDEN,),  # input layernorm
-        (HIDDEN,),
-        (HIDDEN,),  # post-attention layernorm
-        (3 * HIDDEN, HIDDEN),
-        (3 * HIDDEN,),  # query_key_value
-        (HIDDEN, HIDDEN),
-        (HIDDEN,),  # attention dense
-        (INTERMEDIATE, HIDDEN),
-        (INTERMEDIATE,),  # mlp up
-        (HIDDEN, INTERMEDIATE),
-        (HIDDEN,),  # mlp down
-    ]
-    return [(VOCAB, HIDDEN)] + layer * LAYERS + [(HIDDEN,), (HIDDEN,), (VOCAB, HIDDEN)]
-
-
-def median_time(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -16,21 +16,13 @@ parameter follows from k and N on both sides.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from fedcodec.encoded import Encoded
 from fedcodec.golomb import gap_bits, read_gaps, rice_parameter
 
 HEADER_BITS_PER_TENSOR = 32 + 32  # one uint32 count, one float32 mean
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """The arrays that travel and the exact number of bits they carry."""
-
-    arrays: dict[str, np.ndarray]
-    payload_bits: int
 
 
 def keep_count(size: int, p: float) -> int:
