@@ -11,13 +11,13 @@ Every scheme writes one code per entry, all tensors back to back, packed MSB fir
 | `float` (e, m) | `codes` (1 + e + m bits each), `offsets` (int32 T) | N (1 + e + m) + 32 T |
 
 `uniform`: x -> lo + c * step, step = (max - min) / (2**k - 1), c rounded to nearest (halves
-up) or stochastically (floor after adding U[0, 1): unbiased). `fixed` (the first source document's code): sign and
-floor(|x| * 2**k) / 2**k, magnitudes of 1 or more saturating at 1 - 2**-k; no scale, so entries
-below 2**-k vanish. `progressive`: the (b1 + b2)-bit uniform code split into its high b1 bits
-(the base) and its low b2 bits (the refinement, i.e. the base's remaining error quantized to b2
-bits); the base alone decodes to the middle of its bucket. `float`: sign, e-bit exponent,
-m-bit mantissa (rounded to nearest, ties to even, or stochastically) with subnormals and no
-inf/NaN codes; the per-tensor exponent offset puts the
+up) or stochastically (floor after adding U[0, 1): unbiased). `fixed` (the first source
+document's code): sign and floor(|x| * 2**k) / 2**k, magnitudes of 1 or more saturating at
+1 - 2**-k; no scale, so entries below 2**-k vanish. `progressive`: the (b1 + b2)-bit uniform
+code split into its high b1 bits (the base) and its low b2 bits (the refinement, i.e. the base's
+remaining error quantized to b2 bits); the base alone decodes to the middle of its bucket.
+`float`: sign, e-bit exponent, m-bit mantissa (rounded to nearest, ties to even, or
+stochastically) with subnormals and no inf/NaN codes; the per-tensor exponent offset puts the
 tensor's largest magnitude in the top binade, so the e bits cover the weights' wide dynamic
 range wherever it sits.
 """
@@ -32,7 +32,13 @@ import numpy as np
 from fedcodec.bitpack import pack_codes, unpack_codes
 from fedcodec.encoded import Encoded
 
-SCHEMES = ("uniform", "fixed", "progressive", "float")
+ARRAYS = {
+    "uniform": ("codes", "lows", "steps"),
+    "fixed": ("signs", "codes"),
+    "progressive": ("base", "refine", "lows", "steps"),
+    "float": ("codes", "offsets"),
+}
+SCHEMES = tuple(ARRAYS)
 CODE_BITS = 8  # the widest code a scheme may use per entry
 SCALE_HEADER_BITS = 32 + 32  # float32 low + float32 step per tensor
 OFFSET_HEADER_BITS = 32  # int32 exponent offset per tensor
@@ -183,6 +189,11 @@ def decode_arrays(
         out += lows[index]
 
     return _split(_values(sizes, uniform_values), shapes), bits
+
+
+def array_names(spec: QuantSpec) -> tuple[str, ...]:
+    """The arrays an encoding under `spec` sends."""
+    return ARRAYS[spec.scheme]
 
 
 def drop_refinement(arrays: dict[str, np.ndarray], spec: QuantSpec) -> dict[str, np.ndarray]:

@@ -12,12 +12,15 @@ from flower_app.config import ExperimentConfig, parse
 from flower_app.models import build_model
 from flower_app.task import client_data, evaluate, local_train
 from mods import keys
+from mods.quant_mod import quant_mod
+from mods.size_mod import payload_size_mod
 from mods.stc_mod import stc_mod
 
 
 def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
-    app = ClientApp(mods=[stc_mod])
+    # the size mod first: it measures the message before decoding and the reply after encoding
+    app = ClientApp(mods=[payload_size_mod, stc_mod, quant_mod])
 
     def setup(context: Context) -> tuple[ExperimentConfig, int, int]:
         torch.set_num_threads(1)  # one CPU per simulated client; several run side by side

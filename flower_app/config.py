@@ -12,12 +12,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fedcodec.quant import QuantSpec
+
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
-STRATEGIES = ("fedavg", "stc")
+STRATEGIES = ("fedavg", "stc", "quant")
 MODELS = ("cnn", "logistic")
 DATASETS = ("fashion-mnist", "mnist", "synthetic")
 PARTITIONERS = ("iid", "dirichlet", "classes")
+QUANT_SCHEMES = ("uniform", "fixed", "progressive", "float", "e4m3", "e5m2")
+FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
+CODE_BITS = 8
 
 
 class ConfigError(ValueError):
@@ -33,6 +38,38 @@ class StcConfig:
     accumulate_up: bool
     accumulate_down: bool
     approx: float
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """`quant.*`: quantized uplink and optional downlink (used when strategy = "quant")."""
+
+    scheme: str
+    bits: int
+    base_bits: int
+    refine_bits: int
+    exponent_bits: int
+    mantissa_bits: int
+    stochastic: bool
+    error_feedback: bool
+    down_bits: int
+    refine_loss: float
+
+    @property
+    def spec(self) -> QuantSpec:
+        """The uplink quantizer (`e4m3` / `e5m2` are the float scheme with fixed widths)."""
+        exponent, mantissa = FLOAT_PRESETS.get(
+            self.scheme, (self.exponent_bits, self.mantissa_bits)
+        )
+        return QuantSpec(
+            scheme="float" if self.scheme in FLOAT_PRESETS else self.scheme,
+            bits=self.bits,
+            base_bits=self.base_bits,
+            refine_bits=self.refine_bits,
+            exponent_bits=exponent,
+            mantissa_bits=mantissa,
+            stochastic=self.stochastic,
+        )
 
 
 @dataclass(frozen=True)
@@ -59,6 +96,7 @@ class ExperimentConfig:
     output_dir: str
     run_name: str
     stc: StcConfig
+    quant: QuantConfig
 
     def to_flat(self) -> dict[str, Any]:
         """Return the config as Flower's flat kebab-case run-config (dotted sub-tables)."""
@@ -131,6 +169,7 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
             accumulate_down=get.boolean("stc.accumulate-down"),
             approx=get.number("stc.approx", low=0.0, high=1.0, low_open=True),
         ),
+        quant=_quant_config(get),
     )
     if config.data_dir and not Path(config.data_dir).is_dir():
         raise ConfigError(
@@ -140,6 +179,38 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
     if not config.output_dir:
         raise ConfigError("output-dir='' is empty; give a folder for the run logs")
     return config
+
+
+def _quant_config(get: _Getter) -> QuantConfig:
+    quant = QuantConfig(
+        scheme=get.choice("quant.scheme", QUANT_SCHEMES),
+        bits=get.integer("quant.bits", low=1, high=CODE_BITS),
+        base_bits=get.integer("quant.base-bits", low=1, high=CODE_BITS - 1),
+        refine_bits=get.integer("quant.refine-bits", low=1, high=CODE_BITS - 1),
+        exponent_bits=get.integer("quant.exponent-bits", low=1, high=CODE_BITS - 1),
+        mantissa_bits=get.integer("quant.mantissa-bits", low=0, high=CODE_BITS - 2),
+        stochastic=get.boolean("quant.stochastic"),
+        error_feedback=get.boolean("quant.error-feedback"),
+        down_bits=get.integer("quant.down-bits", low=0, high=CODE_BITS),
+        refine_loss=get.number("quant.refine-loss", low=0.0, high=1.0),
+    )
+    if quant.base_bits + quant.refine_bits > CODE_BITS:
+        raise ConfigError(
+            f"quant.base-bits={quant.base_bits} + quant.refine-bits={quant.refine_bits} "
+            f"= {quant.base_bits + quant.refine_bits} bits; allowed: a sum <= {CODE_BITS}"
+        )
+    if quant.scheme == "float" and 1 + quant.exponent_bits + quant.mantissa_bits > CODE_BITS:
+        raise ConfigError(
+            f"quant.exponent-bits={quant.exponent_bits} + quant.mantissa-bits="
+            f"{quant.mantissa_bits} leave no room for the sign in an {CODE_BITS}-bit code; "
+            f"allowed: 1 + exponent + mantissa <= {CODE_BITS}"
+        )
+    if quant.refine_loss > 0 and quant.scheme != "progressive":
+        raise ConfigError(
+            f"quant.refine-loss={quant.refine_loss} needs quant.scheme='progressive' "
+            f"(got '{quant.scheme}'); allowed: 0 for other schemes"
+        )
+    return quant
 
 
 def default_run_name(config: ExperimentConfig) -> str:
@@ -184,12 +255,13 @@ class _Getter:
             raise ConfigError(f"{key}={value!r} must be true or false")
         return value
 
-    def integer(self, key: str, low: int) -> int:
+    def integer(self, key: str, low: int, high: int | None = None) -> int:
         value = self._raw(key)
+        allowed = f"integer >= {low}" if high is None else f"integer in {low}..{high}"
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
-        if value < low:
-            raise ConfigError(f"{key}={value} is out of range; allowed: integer >= {low}")
+            raise ConfigError(f"{key}={value!r} must be an {allowed}")
+        if value < low or (high is not None and value > high):
+            raise ConfigError(f"{key}={value} is out of range; allowed: {allowed}")
         return value
 
     def number(

@@ -19,6 +19,7 @@ BANDWIDTH_COLUMNS = (
     "codec",
     "payload_bits",
     "wire_bytes",
+    "client_bytes",
     "dense_bytes",
     "status",
     "sim_start_s",

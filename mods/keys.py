@@ -21,6 +21,26 @@ SEED = "seed"
 DOWN_ROUNDS = "down.rounds"  # rounds whose compressed deltas the "down" record carries, in order
 DOWN = "down"  # ArrayRecord of catch-up deltas: "<round>.bits", "<round>.counts", "<round>.means"
 
+# Quantized transmission (see mods/quant_mod.py): the uplink spec, and a quantized downlink
+QUANT_SCHEME = "quant.scheme"  # uniform | fixed | progressive | float
+QUANT_BITS = "quant.bits"
+QUANT_BASE_BITS = "quant.base-bits"
+QUANT_REFINE_BITS = "quant.refine-bits"
+QUANT_EXPONENT_BITS = "quant.exponent-bits"
+QUANT_MANTISSA_BITS = "quant.mantissa-bits"
+QUANT_STOCHASTIC = "quant.stochastic"
+QUANT_ERROR_FEEDBACK = "quant.error-feedback"
+QUANT_DOWN_BITS = "quant.down-bits"
+DOWN_QUANT = "down.quant"  # ArrayRecord of the uniformly quantized global model
+DOWN_NAMES = "down.names"  # its tensor names, in order
+DOWN_SHAPES = "down.shapes"  # per tensor: its rank, then its dimensions
+
+# Measured by the payload-size mod (mods/size_mod.py), read and removed by the strategies
+MESSAGE_SIZE = "message-size"
+DOWN_BYTES = "down-bytes"  # the message the client received, as it arrived
+UP_BYTES = "up-bytes"  # the reply as it left, before this record was added
+
 # What a client keeps in context.state between rounds
 STATE_GLOBAL = "stc.global"  # its copy of the global model
 STATE_RESIDUAL = "stc.residual"  # its uplink error-feedback residual
+STATE_QUANT_RESIDUAL = "quant.residual"  # its quantized-uplink error-feedback residual

@@ -14,8 +14,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec import stc
-from fedcodec.feedback import error_feedback_step
 from mods import keys
+from mods.uplink import encode_update, to_record
 
 
 def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -30,8 +30,7 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
     if reply.has_error():
         return reply
     trained = reply.content[keys.ARRAYS]
-    delta = [trained[name].numpy() - value for name, value in received.items()]
-    residual = _residual(context, received) if config[keys.STC_ACCUMULATE_UP] else None
+    update = {name: trained[name].numpy() - value for name, value in received.items()}
     rng = np.random.default_rng(
         [
             int(config[keys.SEED]),
@@ -40,16 +39,17 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
             1,
         ]
     )
-    encoded = _Capture(float(config[keys.STC_P_UP]), float(config[keys.STC_APPROX]), rng)
-    if residual is None:
-        encoded(delta)
-    else:
-        _, new_residual = error_feedback_step(residual, delta, encoded)
-        context.state[keys.STATE_RESIDUAL] = to_record(
-            dict(zip(received, new_residual, strict=True))
-        )
+    p, approx = float(config[keys.STC_P_UP]), float(config[keys.STC_APPROX])
+    shapes = [value.shape for value in received.values()]
+    encoded = encode_update(
+        update,
+        lambda tensors: stc.encode(tensors, p, approx=approx, rng=rng),
+        lambda result: stc.decode(result, shapes),
+        context,
+        keys.STATE_RESIDUAL if config[keys.STC_ACCUMULATE_UP] else None,
+    )
     reply.content[keys.ARRAYS] = ArrayRecord(
-        {name: Array(array) for name, array in encoded.result.arrays.items()}
+        {name: Array(array) for name, array in encoded.arrays.items()}
     )
     return reply
 
@@ -77,29 +77,3 @@ def receive_model(msg: Message, context: Context) -> dict[str, np.ndarray]:
         model = {name: array.numpy() for name, array in content[keys.ARRAYS].items()}
     context.state[keys.STATE_GLOBAL] = to_record(model)
     return model
-
-
-def to_record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord of numpy arrays, keeping their order."""
-    return ArrayRecord(
-        {name: Array(np.ascontiguousarray(value)) for name, value in tensors.items()}
-    )
-
-
-def _residual(context: Context, model: dict[str, np.ndarray]) -> list[np.ndarray]:
-    stored = context.state.array_records.get(keys.STATE_RESIDUAL)
-    if stored is None:
-        return [np.zeros_like(value) for value in model.values()]
-    return [stored[name].numpy() for name in model]
-
-
-class _Capture:
-    """STC as a compress function for error feedback, keeping what was encoded."""
-
-    def __init__(self, p: float, approx: float, rng: np.random.Generator) -> None:
-        self.p, self.approx, self.rng = p, approx, rng
-        self.result: stc.Encoded | None = None
-
-    def __call__(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
-        self.result = stc.encode(tensors, self.p, approx=self.approx, rng=self.rng)
-        return stc.decode(self.result, [t.shape for t in tensors])

@@ -1,8 +1,9 @@
 """Flower strategies that measure every message and the presets built on them."""
 
 from strategies.bandwidth_fedavg import BandwidthFedAvg
+from strategies.quant import QuantFedAvg
 from strategies.stc import StcFedAvg
 
-PRESETS = {"fedavg": BandwidthFedAvg, "stc": StcFedAvg}
+PRESETS = {"fedavg": BandwidthFedAvg, "stc": StcFedAvg, "quant": QuantFedAvg}
 
-__all__ = ["PRESETS", "BandwidthFedAvg", "StcFedAvg"]
+__all__ = ["PRESETS", "BandwidthFedAvg", "QuantFedAvg", "StcFedAvg"]

@@ -4,6 +4,8 @@ The strategy learns `node_id -> partition_id` once with a query round (phase `qu
 round 0), then selects partitions with a seeded generator each round. Each message sent and
 each reply received is one row in bandwidth.csv; each round is one row in rounds.csv.
 Replies that failed or carry garbage are logged (`failed` / `rejected`) and left out.
+A message's row waits for its reply, so that the sizes the client measured (payload-size mod)
+land beside the server's in `client_bytes`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from strategies.accounting import dense_fields, wire_bytes
 from strategies.selection import EVALUATE_STREAM, TRAIN_STREAM, select_partitions
 
 QUERY_TIMEOUT_S = 600.0
+ACCEPTED = ("delivered", "partial")  # statuses whose update is aggregated
 
 
 def examples_problem(metrics: MetricRecord) -> str:
@@ -65,6 +68,8 @@ class BandwidthFedAvg(FedAvg):
         self.train_messages = {"up": 0, "down": 0}
         self.train_framing_bytes = 0
         self._round: dict = {}
+        self._pending: dict[tuple[str, int], dict] = {}  # (phase, node) -> row awaiting a reply
+        self._global: dict[str, np.ndarray] = {}
         self._global_shapes: dict[str, tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ discovery
@@ -93,10 +98,13 @@ class BandwidthFedAvg(FedAvg):
             self.node_of[partition_id] = node_id
             self.partition_of[node_id] = partition_id
         for node_id in sorted(node_ids, key=lambda node: self.partition_of.get(node, -1)):
-            self._log(0, self.partition_of.get(node_id, -1), "query", "down", RecordDict())
+            partition_id = self.partition_of.get(node_id, -1)
+            self._queue_down(0, partition_id, node_id, "query", RecordDict(), {})
         for reply in self._sorted(replies):
+            measured = self._receive(reply)
             status = "delivered" if self._partition(reply) >= 0 else "rejected"
-            self._log_reply(0, "query", reply, "failed" if reply.has_error() else status)
+            self._log_reply(0, "query", reply, "failed" if reply.has_error() else status, measured)
+        self._flush_pending("query")
         if not self.node_of:
             raise RuntimeError("no node answered the partition-id query; nothing to train")
         return len(self.node_of)
@@ -107,7 +115,8 @@ class BandwidthFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Select partitions (seeded) and send each the global model; log each message."""
         self._start_round(server_round)
-        self._global_shapes = {name: tuple(array.shape) for name, array in arrays.items()}
+        self._global = {name: array.numpy() for name, array in arrays.items()}
+        self._global_shapes = {name: value.shape for name, value in self._global.items()}
         messages = self._broadcast(server_round, "train", arrays, config)
         self._round["selected"] = len(messages)
         return messages
@@ -118,10 +127,12 @@ class BandwidthFedAvg(FedAvg):
         """Log every reply, leave out failed or malformed ones, FedAvg the rest."""
         accepted = []
         for reply in self._sorted(replies):
+            measured = self._receive(reply)
             status = self._check_train_reply(reply)
-            self._log_reply(server_round, "train", reply, status)
-            if status == "delivered":
+            self._log_reply(server_round, "train", reply, status, measured)
+            if status in ACCEPTED:
                 accepted.append(reply)
+        self._flush_pending("train")
         self._round["delivered"] = len(accepted)
         if not accepted:
             log(WARNING, "round %s: no usable update; the global model is kept", server_round)
@@ -138,18 +149,24 @@ class BandwidthFedAvg(FedAvg):
         return super().aggregate_train(server_round, accepted)
 
     def _check_train_reply(self, reply: Message) -> str:
-        """`delivered`, or `failed` / `rejected` with a warning saying why."""
+        """`delivered` (or `partial`), or `failed` / `rejected` with a warning saying why."""
         node_id = reply.metadata.src_node_id
         if reply.has_error():
             log(WARNING, "node %s failed: %s", node_id, reply.error.reason)
             return "failed"
-        problem = self._problem_in(reply.content)
+        problem = self._problem_in(reply)
         if problem:
             log(WARNING, "node %s sent a malformed update (%s); left out", node_id, problem)
             return "rejected"
+        return self.delivery_status(reply)
+
+    def delivery_status(self, reply: Message) -> str:
+        """Status of a well-formed update: `delivered`, or `partial` when only part is used."""
         return "delivered"
 
-    def _problem_in(self, content: RecordDict) -> str:
+    def _problem_in(self, reply: Message) -> str:
+        """What is wrong with a reply's content ("" when it is a usable dense update)."""
+        content = reply.content
         arrays = content.array_records.get(keys.ARRAYS)
         metrics = content.metric_records.get(keys.METRICS)
         if arrays is None or metrics is None or len(content) != 2:
@@ -174,11 +191,13 @@ class BandwidthFedAvg(FedAvg):
         """Log every evaluation reply, then average the metrics of the good ones."""
         accepted = []
         for reply in self._sorted(replies):
+            measured = self._receive(reply)
             metrics = None if reply.has_error() else reply.content.metric_records.get(keys.METRICS)
             status = "delivered" if metrics is not None else "failed"
-            self._log_reply(server_round, "evaluate", reply, status)
+            self._log_reply(server_round, "evaluate", reply, status, measured)
             if status == "delivered":
                 accepted.append(reply)
+        self._flush_pending("evaluate")
         return super().aggregate_evaluate(server_round, accepted) if accepted else None
 
     # ------------------------------------------------------------------ rounds
@@ -248,10 +267,9 @@ class BandwidthFedAvg(FedAvg):
         messages = []
         for partition_id in chosen:
             content, fields = self.downlink(server_round, phase, partition_id, arrays, config)
-            self._log(server_round, partition_id, phase, "down", content, **fields)
-            messages.append(
-                Message(content, message_type=message_type, dst_node_id=self.node_of[partition_id])
-            )
+            node_id = self.node_of[partition_id]
+            self._queue_down(server_round, partition_id, node_id, phase, content, fields)
+            messages.append(Message(content, message_type=message_type, dst_node_id=node_id))
         return messages
 
     def downlink(
@@ -270,10 +288,60 @@ class BandwidthFedAvg(FedAvg):
         arrays = None if reply.has_error() else reply.content.array_records.get(keys.ARRAYS)
         return dense_fields(arrays) if arrays is not None else {}
 
-    def _log_reply(self, server_round: int, phase: str, reply: Message, status: str) -> None:
-        content = RecordDict() if reply.has_error() else reply.content
+    def _queue_down(
+        self,
+        server_round: int,
+        partition_id: int,
+        node_id: int,
+        phase: str,
+        content: RecordDict,
+        fields: dict,
+    ) -> None:
+        """Hold a sent message's row until its reply brings the client's measured size."""
+        self._pending[(phase, node_id)] = {
+            "server_round": server_round,
+            "partition_id": partition_id,
+            "phase": phase,
+            "direction": "down",
+            "measured": wire_bytes(content),
+        } | fields
+
+    def _flush_pending(self, phase: str) -> None:
+        """Log the sent messages that got no reply, in partition order."""
+        keys_left = [key for key in self._pending if key[0] == phase]
+        for key in sorted(keys_left, key=lambda k: self._pending[k]["partition_id"]):
+            self._log(**self._pending.pop(key))
+
+    def _receive(self, reply: Message) -> tuple[int, dict]:
+        """Bytes of a reply as it arrived, and the sizes the client measured (record removed)."""
+        if reply.has_error():
+            return 0, {}
+        measured = wire_bytes(reply.content)
+        sizes = reply.content.metric_records.get(keys.MESSAGE_SIZE)
+        if sizes is None:
+            return measured, {}
+        del reply.content[keys.MESSAGE_SIZE]
+        return measured, dict(sizes)
+
+    def _log_reply(
+        self, server_round: int, phase: str, reply: Message, status: str, received: tuple
+    ) -> None:
+        measured, client_sizes = received
+        partition_id = self._partition(reply)
+        down = self._pending.pop((phase, reply.metadata.src_node_id), None)
+        if down is not None:
+            self._log(**down, client_bytes=client_sizes.get(keys.DOWN_BYTES, ""))
         fields = self.reply_fields(reply) if phase == "train" else {}
-        self._log(server_round, self._partition(reply), phase, "up", content, status, **fields)
+        self._log(
+            server_round,
+            partition_id,
+            phase,
+            "up",
+            measured,
+            status,
+            client_bytes=client_sizes.get(keys.UP_BYTES, ""),
+            **fields,
+        )
 
     def _log(
         self,
@@ -281,13 +349,13 @@ class BandwidthFedAvg(FedAvg):
         partition_id: int,
         phase: str,
         direction: str,
-        content: RecordDict,
+        measured: int,
         status: str = "delivered",
         codec: str = "",
         payload_bits: int = 0,
         dense_bytes: int = 0,
+        client_bytes: int | str = "",
     ) -> None:
-        measured = wire_bytes(content)
         self.recorder.log_message(
             {
                 "round": server_round,
@@ -297,6 +365,7 @@ class BandwidthFedAvg(FedAvg):
                 "codec": codec,
                 "payload_bits": payload_bits,
                 "wire_bytes": measured,
+                "client_bytes": client_bytes,
                 "dense_bytes": dense_bytes,
                 "status": status,
                 "sim_start_s": "",
@@ -305,7 +374,7 @@ class BandwidthFedAvg(FedAvg):
         )
         self.totals[direction] += measured
         self._round[direction] = self._round.get(direction, 0) + measured
-        if phase == "train" and status == "delivered":
+        if phase == "train" and status in ACCEPTED:
             self.train_bytes[direction] += measured
             self.train_messages[direction] += 1
             self.train_framing_bytes += measured - payload_bits // 8

@@ -10,19 +10,18 @@ deltas of every round since its last sync, or the dense model when that is small
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedcodec import stc
 from fedcodec.feedback import error_feedback_step
 from mods import keys
-from strategies.accounting import FLOAT32_BYTES, dense_bytes, dense_fields
-from strategies.bandwidth_fedavg import BandwidthFedAvg, examples_problem
+from strategies.accounting import dense_bytes, dense_fields
+from strategies.coded import CodedFedAvg, DecodedUpdate
 
 STC_PARTS = ("bits", "counts", "means")
 
 
-class StcFedAvg(BandwidthFedAvg):
+class StcFedAvg(CodedFedAvg):
     """FedAvg with STC on both links, error feedback on each side, honest catch-up downlinks."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -30,8 +29,6 @@ class StcFedAvg(BandwidthFedAvg):
         self.deltas: dict[int, stc.Encoded] = {}  # round -> the compressed delta it applied
         self.synced: dict[int, int] = {}  # partition -> round of the model it holds
         self.residual: list[np.ndarray] | None = None
-        self._decoded: dict[int, tuple[list[np.ndarray], int]] = {}
-        self._global: dict[str, np.ndarray] = {}
 
     # ---------------------------------------------------------------- downlink
     def downlink(
@@ -80,44 +77,16 @@ class StcFedAvg(BandwidthFedAvg):
         return content, fields
 
     # ---------------------------------------------------------------- uplink
-    def _problem_in(self, content: RecordDict) -> str:
-        arrays = content.array_records.get(keys.ARRAYS)
-        metrics = content.metric_records.get(keys.METRICS)
-        if arrays is None or metrics is None or set(arrays) != set(STC_PARTS):
-            return "expected an STC update (bits, counts, means) and metrics"
-        try:
-            decoded = stc.decode_arrays(
-                {p: arrays[p].numpy() for p in STC_PARTS}, list(self._global_shapes.values())
-            )
-        except ValueError as error:
-            return f"undecodable STC update: {error}"
-        if not all(np.isfinite(t).all() for t in decoded[0]):
-            return "NaN or inf in the update"
-        problem = examples_problem(metrics)
-        if problem:
-            return problem
-        self._decoded[id(content)] = decoded
-        return ""
+    def decode_update(
+        self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
+    ) -> DecodedUpdate:
+        if set(arrays) != set(STC_PARTS):
+            raise ValueError(f"expected the STC arrays {', '.join(STC_PARTS)}")
+        tensors, bits = stc.decode_arrays(arrays, list(self._global_shapes.values()))
+        return DecodedUpdate(tensors, bits, "stc")
 
-    def reply_fields(self, reply: Message) -> dict:
-        decoded = None if reply.has_error() else self._decoded.get(id(reply.content))
-        if decoded is None:
-            return {}
-        dense = sum(t.size for t in decoded[0]) * FLOAT32_BYTES
-        return {"codec": "stc", "payload_bits": decoded[1], "dense_bytes": dense}
-
-    def aggregate_updates(
-        self, server_round: int, accepted: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Weighted mean of the decoded updates, then server error feedback and STC."""
-        weights = np.array([r.content[keys.METRICS][keys.NUM_EXAMPLES] for r in accepted], float)
-        updates = [self._decoded.pop(id(r.content))[0] for r in accepted]
-        self._decoded.clear()
-        mean = [
-            sum(w * u[i] for w, u in zip(weights, updates, strict=True)) / weights.sum()
-            for i in range(len(updates[0]))
-        ]
-        mean = [m.astype(np.float32) for m in mean]
+    def apply_update(self, server_round: int, mean: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Server error feedback and STC at p-down; the model moves by exactly what is sent."""
         settings = self.config.stc
         captured: list[stc.Encoded] = []
 
@@ -132,16 +101,4 @@ class StcFedAvg(BandwidthFedAvg):
         else:
             sent = compress(mean)
         self.deltas[server_round] = captured[-1]
-        names = list(self._global_shapes)
-        new_global = {
-            name: self._global[name] + delta for name, delta in zip(names, sent, strict=True)
-        }
-        metrics = self.train_metrics_aggr_fn([r.content for r in accepted], self.weighted_by_key)
-        return ArrayRecord({n: Array(v) for n, v in new_global.items()}), metrics
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        """Remember the dense global model this round starts from."""
-        self._global = {name: array.numpy() for name, array in arrays.items()}
-        return super().configure_train(server_round, arrays, config, grid)
+        return super().apply_update(server_round, sent)

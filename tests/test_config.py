@@ -19,7 +19,7 @@ def test_pyproject_defaults_parse():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("strategy", "fedprox", "strategy='fedprox' is not known; allowed: fedavg, stc"),
+        ("strategy", "fedprox", "strategy='fedprox' is not known; allowed: fedavg, stc, quant"),
         ("model", "resnet", "model='resnet' is not known; allowed: cnn, logistic"),
         ("dataset", "cifar10", "dataset='cifar10' is not known; allowed: fashion-mnist, mnist"),
         ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
@@ -39,6 +39,13 @@ def test_pyproject_defaults_parse():
         ("stc.p-down", 1.5, "stc.p-down=1.5 is out of range; allowed: (0, 1]"),
         ("stc.approx", -0.5, "stc.approx=-0.5 is out of range; allowed: (0, 1]"),
         ("stc.accumulate-up", 1, "stc.accumulate-up=1 must be true or false"),
+        ("quant.scheme", "log", "quant.scheme='log' is not known; allowed: uniform, fixed"),
+        ("quant.bits", 9, "quant.bits=9 is out of range; allowed: integer in 1..8"),
+        ("quant.bits", 0, "quant.bits=0 is out of range; allowed: integer in 1..8"),
+        ("quant.down-bits", 12, "quant.down-bits=12 is out of range; allowed: integer in 0..8"),
+        ("quant.refine-bits", 7, "quant.base-bits=2 + quant.refine-bits=7 = 9 bits"),
+        ("quant.refine-loss", 1.5, "quant.refine-loss=1.5 is out of range; allowed: [0, 1]"),
+        ("quant.refine-loss", 0.3, "quant.refine-loss=0.3 needs quant.scheme='progressive'"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(flat_config, key, value, message):
@@ -52,6 +59,25 @@ def test_bad_value_names_key_value_and_allowed(flat_config, key, value, message)
 def test_unknown_key_lists_known_keys():
     with pytest.raises(ConfigError, match="unknown run-config key 'num-round'; known keys: "):
         resolve({"num-round": 3})
+
+
+def test_float_code_must_leave_room_for_the_sign(flat_config):
+    flat_config.update(
+        {"quant.scheme": "float", "quant.exponent-bits": 5, "quant.mantissa-bits": 3}
+    )
+    with pytest.raises(ConfigError, match="allowed: 1 \\+ exponent \\+ mantissa <= 8"):
+        parse(flat_config)
+
+
+def test_float_presets_set_exponent_and_mantissa(flat_config):
+    flat_config.update({"quant.scheme": "e5m2"})
+    spec = parse(flat_config).quant.spec
+    assert (spec.scheme, spec.exponent_bits, spec.mantissa_bits, spec.label) == (
+        "float",
+        5,
+        2,
+        "float-e5m2",
+    )
 
 
 def test_more_clients_per_round_than_nodes(flat_config):

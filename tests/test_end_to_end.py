@@ -3,7 +3,8 @@
 Logistic model, synthetic data: per message the model is 7,850 float32 = 31,400 B, and the
 hand-computed framing is two 128-byte .npy headers plus the keys "linear.weight" (13) and
 "linear.bias" (11) = 280 B; the train request adds {"server-round": int} (12 + 8 = 20 B), the
-reply {"train-loss": float, "num-examples": int} (10 + 8 + 12 + 8 = 38 B).
+reply {"train-loss": float, "num-examples": int} (10 + 8 + 12 + 8 = 38 B) and the payload-size
+mod's record {"down-bytes": int, "up-bytes": int} (10 + 8 + 8 + 8 = 34 B).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from flower_app.launch import flower_env, flower_processes
 REPO = Path(__file__).resolve().parents[1]
 MODEL_BYTES = 7850 * 4
 DOWN_WIRE = MODEL_BYTES + 280 + 20
-UP_WIRE = MODEL_BYTES + 280 + 38
+SIZE_RECORD = 34
+UP_WIRE = MODEL_BYTES + 280 + 38 + SIZE_RECORD
 RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-train=0.5 seed=7"
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +62,14 @@ def test_flwr_run_writes_exact_logs_and_leaves_nothing_running(tmp_path):
     assert rounds["selected"].tolist() == [0, 2, 2]
     assert train[train["direction"] == "down"]["wire_bytes"].unique().tolist() == [DOWN_WIRE]
     assert train[train["direction"] == "up"]["wire_bytes"].unique().tolist() == [UP_WIRE]
+    # the client's own measurement: the same message down; the reply before its size record
+    assert (
+        (messages["client_bytes"] == messages["wire_bytes"])
+        .where(messages["direction"] == "down", messages["client_bytes"] == UP_WIRE - SIZE_RECORD)[
+            train.index
+        ]
+        .all()
+    )
     assert (train["dense_bytes"] == MODEL_BYTES).all()
     assert rounds["cum_bytes"].iloc[-1] == messages["wire_bytes"].sum()
     summary = pd.read_json(run_dir / "summary.json", typ="series")
@@ -70,6 +80,11 @@ def test_flwr_run_writes_exact_logs_and_leaves_nothing_running(tmp_path):
 
 
 def test_same_seed_gives_identical_logs(tmp_path):
+    # the quant preset with every random stream: stochastic rounding, lost refinements
+    quant = (
+        "strategy='quant' quant.scheme='progressive' quant.stochastic=true "
+        "quant.refine-loss=0.5 quant.down-bits=8 quant.error-feedback=true"
+    )
     folders = []
     for name in ("first", "second"):
         output = run_module(
@@ -77,7 +92,7 @@ def test_same_seed_gives_identical_logs(tmp_path):
             "--num-supernodes",
             "4",
             "--run-config",
-            f"{RUN_CONFIG} output-dir='{tmp_path}' run-name='{name}'",
+            f"{RUN_CONFIG} {quant} output-dir='{tmp_path}' run-name='{name}'",
         )
         folders.append(run_folder(output))
     first, second = (
@@ -85,6 +100,8 @@ def test_same_seed_gives_identical_logs(tmp_path):
     )
     pd.testing.assert_frame_equal(first, second)
     assert first["test_accuracy"].iloc[-1] > first["test_accuracy"].iloc[0]
+    statuses = pd.read_csv(folders[0] / "bandwidth.csv").query("phase == 'train'")["status"]
+    assert set(statuses) == {"delivered", "partial"}
     assert (folders[0] / "bandwidth.csv").read_bytes() == (
         folders[1] / "bandwidth.csv"
     ).read_bytes()

@@ -233,8 +233,8 @@ def test_properties(first, second, spec):
             if tensor.size:
                 span = float(tensor.max()) - float(tensor.min())
                 levels = (1 << (spec.bits if spec.scheme == "uniform" else 7)) - 1
-                step = span / levels
-                assert np.abs(values - tensor).max() <= step * (1 if spec.stochastic else 0.5) + 1e-4
+                bound = span / levels * (1 if spec.stochastic else 0.5)
+                assert np.abs(values - tensor).max() <= bound + 1e-4
     if not spec.stochastic and spec.scheme != "progressive":
         redecoded = quant.compress(decoded, spec)  # decoded values are representable
         for values, again_values in zip(decoded, redecoded, strict=True):

@@ -82,8 +82,9 @@ def test_discovery_maps_nodes_to_partitions_and_logs_the_query(flat_config, tmp_
     strategy, _, recorder = make_strategy(flat_config, tmp_path)
     assert strategy.node_of == {0: 1000, 1: 1007, 2: 1014, 3: 1021}
     rows = read_rows(recorder)
-    assert [(r["phase"], r["direction"], r["partition_id"]) for r in rows[:2]] == [
+    assert [(r["phase"], r["direction"], r["partition_id"]) for r in rows[:3]] == [
         ("query", "down", "0"),
+        ("query", "up", "0"),
         ("query", "down", "1"),
     ]
     # empty request; reply MetricRecord {"partition-id": int, "num-partitions": int} = 12+8+14+8

@@ -1,0 +1,52 @@
+"""What the codec mods share: records of numpy arrays and an update encoded with error feedback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context
+
+from fedcodec.encoded import Encoded
+from fedcodec.feedback import error_feedback_step
+
+Tensors = list[np.ndarray]
+
+
+def to_record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord of numpy arrays, keeping their order."""
+    return ArrayRecord(
+        {name: Array(np.ascontiguousarray(value)) for name, value in tensors.items()}
+    )
+
+
+def encode_update(
+    update: dict[str, np.ndarray],
+    encode: Callable[[Tensors], Encoded],
+    decode: Callable[[Encoded], Tensors],
+    context: Context,
+    residual_key: str | None,
+) -> Encoded:
+    """Encode an update; with `residual_key`, through error feedback on `context.state`.
+
+    Error feedback: A = residual + update is encoded, and A - decode(encoded) is kept as the
+    next residual under `residual_key`.
+    """
+    tensors = list(update.values())
+    if residual_key is None:
+        return encode(tensors)
+    stored = context.state.array_records.get(residual_key)
+    residual = (
+        [stored[name].numpy() for name in update]
+        if stored is not None
+        else [np.zeros_like(value) for value in tensors]
+    )
+    captured: list[Encoded] = []
+
+    def compress(accumulated: Tensors) -> Tensors:
+        captured.append(encode(accumulated))
+        return decode(captured[-1])
+
+    _, new_residual = error_feedback_step(residual, tensors, compress)
+    context.state[residual_key] = to_record(dict(zip(update, new_residual, strict=True)))
+    return captured[-1]

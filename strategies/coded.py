@@ -1,0 +1,92 @@
+"""Base of the presets whose clients send encoded updates (trained - received model).
+
+A reply is checked by decoding it (undecodable or non-finite: `rejected`); the decoded updates
+are averaged weighted by examples, in partition order, and the preset decides how the global
+model moves (`apply_update`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+
+from mods import keys
+from strategies.accounting import FLOAT32_BYTES
+from strategies.bandwidth_fedavg import BandwidthFedAvg, examples_problem
+
+
+@dataclass(frozen=True)
+class DecodedUpdate:
+    """A client's update as the server decoded it."""
+
+    tensors: list[np.ndarray]
+    payload_bits: int  # the exact bits decoded
+    codec: str
+    status: str = "delivered"  # or "partial": only part of what was sent is used
+
+
+class CodedFedAvg(BandwidthFedAvg):
+    """FedAvg over encoded updates; subclasses say how to decode and how to apply the mean."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._decoded: dict[int, DecodedUpdate] = {}  # id(reply content) -> its update
+
+    def decode_update(
+        self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
+    ) -> DecodedUpdate:
+        """Decode one reply's arrays; raise ValueError when they do not decode."""
+        raise NotImplementedError
+
+    def apply_update(self, server_round: int, mean: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The next global model from the weighted mean of the decoded updates."""
+        return {name: self._global[name] + m for name, m in zip(self._global, mean, strict=True)}
+
+    def _problem_in(self, reply: Message) -> str:
+        arrays = reply.content.array_records.get(keys.ARRAYS)
+        metrics = reply.content.metric_records.get(keys.METRICS)
+        if arrays is None or metrics is None or len(reply.content) != 2:
+            return "expected one ArrayRecord 'arrays' and one MetricRecord 'metrics'"
+        try:
+            decoded = self.decode_update(
+                self._round["round"],
+                self._partition(reply),
+                {name: array.numpy() for name, array in arrays.items()},
+            )
+        except ValueError as error:
+            return f"undecodable update: {error}"
+        if not all(np.isfinite(t).all() for t in decoded.tensors):
+            return "NaN or inf in the update"
+        problem = examples_problem(metrics)
+        if not problem:
+            self._decoded[id(reply.content)] = decoded
+        return problem
+
+    def delivery_status(self, reply: Message) -> str:
+        return self._decoded[id(reply.content)].status
+
+    def reply_fields(self, reply: Message) -> dict:
+        decoded = None if reply.has_error() else self._decoded.get(id(reply.content))
+        if decoded is None:
+            return {}
+        dense = sum(t.size for t in decoded.tensors) * FLOAT32_BYTES
+        return {"codec": decoded.codec, "payload_bits": decoded.payload_bits, "dense_bytes": dense}
+
+    def aggregate_updates(
+        self, server_round: int, accepted: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Weighted mean of the decoded updates (partition order), applied by the preset."""
+        weights = np.array([r.content[keys.METRICS][keys.NUM_EXAMPLES] for r in accepted], float)
+        updates = [self._decoded[id(r.content)].tensors for r in accepted]
+        self._decoded.clear()
+        mean = [
+            (sum(w * u[i] for w, u in zip(weights, updates, strict=True)) / weights.sum()).astype(
+                np.float32
+            )
+            for i in range(len(updates[0]))
+        ]
+        new_global = self.apply_update(server_round, mean)
+        metrics = self.train_metrics_aggr_fn([r.content for r in accepted], self.weighted_by_key)
+        return ArrayRecord({n: Array(v) for n, v in new_global.items()}), metrics

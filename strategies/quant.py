@@ -1,0 +1,92 @@
+"""The `quant` preset: quantized updates up, optionally a quantized model down, FedAvg between.
+
+Clients quantize their update as the train message says (mods/quant_mod.py). The server decodes
+each update, averages them weighted by examples and adds the mean to its float32 model. With
+`quant.down-bits` > 0 every client receives the global model quantized to that many bits
+(uniform) and trains from it; the server keeps its model in float32. With a progressive uplink,
+`quant.refine-loss` stands in for a network until one is simulated: a seeded draw per (round,
+client) loses the refinement, the server uses the base alone and logs the reply as `partial`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedcodec import quant
+from mods import keys
+from mods.quant_mod import quantized_downlink, spec_config
+from strategies.accounting import FLOAT32_BYTES, dense_fields
+from strategies.coded import CodedFedAvg, DecodedUpdate
+
+REFINE_LOSS_STREAM = 3
+
+
+class QuantFedAvg(CodedFedAvg):
+    """FedAvg with quantized uplinks (and optionally a quantized downlink)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.spec = self.config.quant.spec.validate()
+        self._down: tuple[ArrayRecord, dict, dict] | None = None  # this round's downlink
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ):
+        """Quantize the global model once per round when the downlink is quantized."""
+        self._down = None
+        bits = self.config.quant.down_bits
+        if bits:
+            model = {name: array.numpy() for name, array in arrays.items()}
+            record, entries, encoded = quantized_downlink(model, bits)
+            fields = {
+                "codec": f"uniform{bits}",
+                "payload_bits": encoded.payload_bits,
+                "dense_bytes": sum(v.size for v in model.values()) * FLOAT32_BYTES,
+            }
+            self._down = (record, entries, fields)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def downlink(
+        self,
+        server_round: int,
+        phase: str,
+        partition_id: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> tuple[RecordDict, dict]:
+        """The train config with the uplink spec; the model dense or quantized."""
+        if phase != "train":
+            return super().downlink(server_round, phase, partition_id, arrays, config)
+        client_config = ConfigRecord(
+            dict(config)
+            | spec_config(self.spec, self.config.quant.error_feedback)
+            | {keys.SEED: self.config.seed}
+        )
+        if self._down is None:
+            content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: client_config})
+            return content, dense_fields(arrays)
+        record, entries, fields = self._down
+        client_config = ConfigRecord(dict(client_config) | entries)
+        return RecordDict({keys.DOWN_QUANT: record, keys.CONFIG: client_config}), fields
+
+    def decode_update(
+        self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
+    ) -> DecodedUpdate:
+        expected = set(quant.array_names(self.spec))
+        if set(arrays) != expected:
+            raise ValueError(f"expected the arrays {', '.join(sorted(expected))}")
+        status = "delivered"
+        if self.spec.refined_arrays and self._refinement_lost(server_round, partition_id):
+            arrays, status = quant.drop_refinement(arrays, self.spec), "partial"
+        shapes = list(self._global_shapes.values())
+        tensors, bits = quant.decode_arrays(arrays, shapes, self.spec)
+        return DecodedUpdate(tensors, bits, self.spec.label, status)
+
+    def _refinement_lost(self, server_round: int, partition_id: int) -> bool:
+        loss = self.config.quant.refine_loss
+        rng = np.random.default_rng(
+            [self.config.seed, server_round, partition_id, REFINE_LOSS_STREAM]
+        )
+        return bool(rng.random() < loss)

@@ -1,0 +1,200 @@
+"""The quant preset and the payload-size mod without a simulation (a lambda as call_next)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+
+from fedcodec import quant
+from fedcodec.quant import QuantSpec
+from flower_app.config import parse
+from flower_app.recorder import Recorder
+from mods import keys
+from mods.quant_mod import quant_mod, quantized_downlink, receive_model, spec_config
+from mods.size_mod import content_bytes, payload_size_mod
+from strategies import QuantFedAvg
+from tests.test_stc_preset import (
+    SHAPES,
+    context,
+    model,
+    record,
+    task_identity,  # noqa: F401  (autouse fixture)
+    train_message,
+    trainer,
+)
+from tests.test_strategy import FakeGrid, read_rows
+
+UNIFORM4 = QuantSpec("uniform", bits=4)
+
+
+def quant_config(spec: QuantSpec = UNIFORM4, feedback: bool = False, **extra) -> ConfigRecord:
+    return ConfigRecord({keys.SERVER_ROUND: 1, keys.SEED: 0} | spec_config(spec, feedback) | extra)
+
+
+def test_size_mod_writes_what_came_in_and_what_goes_out():
+    # Prepare
+    content = RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: ConfigRecord()})
+    incoming = content_bytes(content)
+    msg = train_message(content)
+    # Execute
+    reply = payload_size_mod(msg, context(), trainer(model(1), []))
+    # Assert: w (4, 25) float32: 128 + 400 + 1; b (5,): 128 + 20 + 1; metrics: 10+8 + 12+8
+    sizes = reply.content[keys.MESSAGE_SIZE]
+    assert incoming == 529 + 149
+    assert sizes[keys.DOWN_BYTES] == incoming
+    assert sizes[keys.UP_BYTES] == 529 + 149 + 38
+    assert content_bytes(reply.content) == 716 + sizes.count_bytes()
+
+
+def test_size_mod_leaves_a_failed_reply_alone():
+    failed = lambda msg, ctx: Message(Error(code=1, reason="boom"), reply_to=msg)  # noqa: E731
+    msg = train_message(RecordDict({keys.CONFIG: ConfigRecord()}))
+    assert payload_size_mod(msg, context(), failed).has_error()
+
+
+def test_quant_mod_quantizes_the_update():
+    # Prepare
+    ctx, seen, step, start = context(), [], model(1), model(0)
+    msg = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: quant_config()}))
+    # Execute
+    reply = quant_mod(msg, ctx, trainer(step, seen))
+    # Assert: 105 entries x 4 bits = 420 bits in 53 bytes, plus a low and a step per tensor
+    arrays = {name: a.numpy() for name, a in reply.content[keys.ARRAYS].items()}
+    assert set(arrays) == {"codes", "lows", "steps"}
+    assert arrays["codes"].nbytes == 53
+    decoded, bits = quant.decode_arrays(arrays, list(SHAPES.values()), UNIFORM4)
+    assert bits == 420 + 2 * 64
+    expected = quant.compress(list(step.values()), UNIFORM4)
+    for got, want in zip(decoded, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)  # update = (start + step) - start
+    np.testing.assert_array_equal(seen[0]["w"], start["w"])
+    assert keys.STATE_QUANT_RESIDUAL not in ctx.state.array_records
+
+
+def test_quant_mod_error_feedback_keeps_what_was_not_sent():
+    ctx, step = context(), model(1)
+    msg = train_message(
+        RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: quant_config(feedback=True)})
+    )
+    reply = quant_mod(msg, ctx, trainer(step, []))
+    arrays = {name: a.numpy() for name, a in reply.content[keys.ARRAYS].items()}
+    sent, _ = quant.decode_arrays(arrays, list(SHAPES.values()), UNIFORM4)
+    residual = ctx.state[keys.STATE_QUANT_RESIDUAL]
+    for (name, value), decoded in zip(step.items(), sent, strict=True):
+        np.testing.assert_allclose(decoded + residual[name].numpy(), value, atol=1e-5)
+        assert np.abs(residual[name].numpy()).max() > 0
+
+
+def test_quant_mod_trains_from_the_quantized_downlink():
+    # Prepare: the global model quantized to 3 bits, as the strategy sends it
+    ctx, seen, start = context(), [], model(0)
+    down, entries, _ = quantized_downlink(start, 3)
+    config = quant_config(**entries)
+    assert list(config[keys.DOWN_SHAPES]) == [2, 4, 25, 1, 5]  # rank then dimensions
+    msg = train_message(RecordDict({keys.DOWN_QUANT: down, keys.CONFIG: config}))
+    # Execute
+    quant_mod(msg, ctx, trainer(model(1), seen))
+    # Assert: training started from the 3-bit values
+    expected = quant.compress(list(start.values()), QuantSpec("uniform", bits=3))
+    for name, want in zip(SHAPES, expected, strict=True):
+        np.testing.assert_array_equal(seen[0][name], want)
+        assert len(np.unique(seen[0][name])) <= 8
+
+
+def test_quant_mod_passes_other_messages_through():
+    content = RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: ConfigRecord()})
+    reply = quant_mod(train_message(content), context(), trainer(model(1), []))
+    assert set(reply.content[keys.ARRAYS]) == {"w", "b"}
+    evaluate = Message(content, message_type=MessageType.EVALUATE, dst_node_id=1)
+    assert receive_model(evaluate.content).keys() == {"w", "b"}
+
+
+def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict, steps: dict):
+    """One round through the real mods; returns the new global model."""
+    messages = list(strategy.configure_train(1, record(start), ConfigRecord(), grid))
+    replies = []
+    for msg in messages:
+        pid = grid.partition_of_node[msg.metadata.dst_node_id]
+        ctx = clients.setdefault(pid, context())
+        chain = lambda m, c, pid=pid: quant_mod(m, c, trainer(steps[pid], []))  # noqa: E731
+        replies.append(payload_size_mod(msg, ctx, chain))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return {name: arrays[name].numpy() for name in SHAPES}
+
+
+@pytest.fixture
+def quant_strategy(flat_config, tmp_path):
+    def build(**overrides) -> tuple[QuantFedAvg, FakeGrid]:
+        flat_config.update({"strategy": "quant", "fraction-train": 1.0} | overrides)
+        strategy = QuantFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+        grid = FakeGrid(4)
+        strategy.discover_partitions(grid)
+        return strategy, grid
+
+    return build
+
+
+def test_strategy_averages_decoded_updates_and_logs_exact_sizes(quant_strategy):
+    # Prepare: 4 clients, each update a constant tensor (exact at any bit width)
+    strategy, grid = quant_strategy(**{"quant.bits": 2})
+    start = model(0)
+    steps = {
+        pid: {n: np.full(s, float(pid), np.float32) for n, s in SHAPES.items()} for pid in range(4)
+    }
+    # Execute
+    new_global = run_round(strategy, grid, {}, start, steps)
+    # Assert: equal example counts -> mean step 1.5
+    for name in SHAPES:
+        np.testing.assert_allclose(new_global[name], start[name] + 1.5, atol=1e-6)
+    up = [
+        r for r in read_rows(strategy.recorder) if r["phase"] == "train" and r["direction"] == "up"
+    ]
+    assert [r["codec"] for r in up] == ["uniform2"] * 4
+    # 105 entries x 2 bits + 2 x 64 header bits = 338 bits
+    assert [int(r["payload_bits"]) for r in up] == [338] * 4
+    # the client measured its reply before adding the 34-byte size record
+    # ("down-bytes" 10 + 8, "up-bytes" 8 + 8) that the server also counts
+    assert [int(r["wire_bytes"]) - int(r["client_bytes"]) for r in up] == [34] * 4
+    down = [
+        r
+        for r in read_rows(strategy.recorder)
+        if r["phase"] == "train" and r["direction"] == "down"
+    ]
+    assert [r["wire_bytes"] for r in down] == [r["client_bytes"] for r in down]
+
+
+def test_strategy_quantizes_the_downlink_once_per_round(quant_strategy):
+    strategy, grid = quant_strategy(**{"quant.down-bits": 8})
+    messages = list(strategy.configure_train(1, record(model(0)), ConfigRecord(), grid))
+    assert all(keys.DOWN_QUANT in m.content.array_records for m in messages)
+    strategy._flush_pending("train")  # no replies: the down rows are logged as they are
+    rows = [r for r in read_rows(strategy.recorder) if r["phase"] == "train"]
+    assert [(r["codec"], r["payload_bits"]) for r in rows] == [("uniform8", str(105 * 8 + 128))] * 4
+
+
+@pytest.mark.parametrize(("loss", "status"), [(0.0, "delivered"), (1.0, "partial")])
+def test_lost_refinement_uses_the_base_and_logs_partial(quant_strategy, loss, status):
+    # Prepare: progressive 2 + 6; every client's update spans [0, 63] (step 63 / 255 at 8 bits)
+    strategy, grid = quant_strategy(**{"quant.scheme": "progressive", "quant.refine-loss": loss})
+    ramp = {
+        n: np.linspace(0, 63, int(np.prod(s)), dtype=np.float32).reshape(s)
+        for n, s in SHAPES.items()
+    }
+    steps = dict.fromkeys(range(4), ramp)
+    start = model(0)
+    # Execute
+    new_global = run_round(strategy, grid, {}, start, steps)
+    # Assert
+    up = [
+        r for r in read_rows(strategy.recorder) if r["phase"] == "train" and r["direction"] == "up"
+    ]
+    assert {r["status"] for r in up} == {status}
+    spec = QuantSpec("progressive", base_bits=2, refine_bits=6)
+    encoded = quant.encode(list(ramp.values()), spec)
+    arrays = quant.drop_refinement(encoded.arrays, spec) if loss else encoded.arrays
+    expected, bits = quant.decode_arrays(arrays, list(SHAPES.values()), spec)
+    assert {int(r["payload_bits"]) for r in up} == {bits}
+    assert bits == (105 * 2 + 128 if loss else 105 * 8 + 128)
+    for name, value in zip(SHAPES, expected, strict=True):
+        np.testing.assert_allclose(new_global[name] - start[name], value, atol=1e-5)
