@@ -37,6 +37,7 @@ test: install
 bench: install
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_stc.py
+	$(PY) bench/bench_quant.py
 
 lint: install
 	$(PY) -m ruff check .

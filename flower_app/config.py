@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedcodec.quant import QuantSpec
+from fedcodec.quant import CODE_BITS, QuantSpec
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -22,7 +22,6 @@ DATASETS = ("fashion-mnist", "mnist", "synthetic")
 PARTITIONERS = ("iid", "dirichlet", "classes")
 QUANT_SCHEMES = ("uniform", "fixed", "progressive", "float", "e4m3", "e5m2")
 FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
-CODE_BITS = 8
 
 
 class ConfigError(ValueError):
