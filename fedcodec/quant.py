@@ -274,7 +274,7 @@ def _uniform_codes(
         scaled /= steps[index]
         _floor_to_codes(_add_rounding(scaled, rng), top, out)
 
-    return _codes(flats, code_chunk), lows, steps.astype(np.float32)
+    return _codes(flats, code_chunk), lows, steps
 
 
 def _encode_fixed(flats: list[np.ndarray], bits: int, rng: np.random.Generator | None) -> Encoded:

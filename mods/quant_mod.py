@@ -12,23 +12,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec import quant
 from fedcodec.encoded import Encoded
 from fedcodec.quant import QuantSpec
 from mods import keys
-from mods.uplink import encode_update, to_record
+from mods.uplink import codec_config, encode_update, to_record, uplink_rng
 
 CODEC = "quant"
 
 
 def quant_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Decode a quantized downlink and quantize the update; pass other messages through."""
-    config = msg.content.config_records.get(keys.CONFIG)
-    is_quant = config is not None and config.get(keys.CODEC) == CODEC
-    if msg.metadata.message_type != MessageType.TRAIN or not is_quant:
+    config = codec_config(msg, CODEC)
+    if config is None:
         return call_next(msg, context)
     received = receive_model(msg.content)
     msg.content[keys.ARRAYS] = to_record(received)
@@ -38,14 +37,7 @@ def quant_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     trained = reply.content[keys.ARRAYS]
     update = {name: trained[name].numpy() - value for name, value in received.items()}
     spec = spec_from_config(config)
-    rng = np.random.default_rng(
-        [
-            int(config[keys.SEED]),
-            int(config[keys.SERVER_ROUND]),
-            int(context.node_config[keys.PARTITION_ID]),
-            1,
-        ]
-    )
+    rng = uplink_rng(config, context)
     shapes = [value.shape for value in received.values()]
     encoded = encode_update(
         update,

@@ -8,24 +8,20 @@ sees the message before any codec mod decodes it and the reply after the codec m
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
 from mods import keys
-
-
-def content_bytes(content: RecordDict) -> int:
-    """Bytes a message content carries, as Flower counts them (`count_bytes` per record)."""
-    return sum(record.count_bytes() for record in content.values())
+from strategies.accounting import wire_bytes
 
 
 def payload_size_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Add the measured sizes of the incoming message and of the reply to the reply."""
-    down_bytes = content_bytes(msg.content)
+    down_bytes = wire_bytes(msg.content)
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
-    up_bytes = content_bytes(reply.content)
+    up_bytes = wire_bytes(reply.content)
     reply.content[keys.MESSAGE_SIZE] = MetricRecord(
         {keys.DOWN_BYTES: down_bytes, keys.UP_BYTES: up_bytes}
     )

@@ -10,19 +10,18 @@ of the dense model. Settings come from the message's ConfigRecord, read at call 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec import stc
 from mods import keys
-from mods.uplink import encode_update, to_record
+from mods.uplink import codec_config, encode_update, to_record, uplink_rng
 
 
 def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Decode an STC downlink and encode the update; pass other messages through."""
-    config = msg.content.config_records.get(keys.CONFIG)
-    is_stc = config is not None and config.get(keys.CODEC) == "stc"
-    if msg.metadata.message_type != MessageType.TRAIN or not is_stc:
+    config = codec_config(msg, "stc")
+    if config is None:
         return call_next(msg, context)
     received = receive_model(msg, context)
     msg.content[keys.ARRAYS] = to_record(received)
@@ -31,14 +30,7 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
         return reply
     trained = reply.content[keys.ARRAYS]
     update = {name: trained[name].numpy() - value for name, value in received.items()}
-    rng = np.random.default_rng(
-        [
-            int(config[keys.SEED]),
-            int(config[keys.SERVER_ROUND]),
-            int(context.node_config[keys.PARTITION_ID]),
-            1,
-        ]
-    )
+    rng = uplink_rng(config, context)
     p, approx = float(config[keys.STC_P_UP]), float(config[keys.STC_APPROX])
     shapes = [value.shape for value in received.values()]
     encoded = encode_update(

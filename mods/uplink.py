@@ -5,12 +5,33 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType
 
 from fedcodec.encoded import Encoded
 from fedcodec.feedback import error_feedback_step
+from mods import keys
 
 Tensors = list[np.ndarray]
+
+
+def codec_config(msg: Message, codec: str) -> ConfigRecord | None:
+    """The train message's config when it names `codec`; None for every other message."""
+    config = msg.content.config_records.get(keys.CONFIG)
+    if msg.metadata.message_type != MessageType.TRAIN or config is None:
+        return None
+    return config if config.get(keys.CODEC) == codec else None
+
+
+def uplink_rng(config: ConfigRecord, context: Context) -> np.random.Generator:
+    """The client's uplink random stream, keyed by (seed, round, partition)."""
+    return np.random.default_rng(
+        [
+            int(config[keys.SEED]),
+            int(config[keys.SERVER_ROUND]),
+            int(context.node_config[keys.PARTITION_ID]),
+            1,
+        ]
+    )
 
 
 def to_record(tensors: dict[str, np.ndarray]) -> ArrayRecord:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
-from flwr.serverapp import Grid
 
 from fedcodec import quant
 from mods import keys
@@ -29,24 +28,20 @@ class QuantFedAvg(CodedFedAvg):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.spec = self.config.quant.spec.validate()
-        self._down: tuple[ArrayRecord, dict, dict] | None = None  # this round's downlink
+        self._down: tuple[int, ArrayRecord, dict, dict] | None = None  # round, record, ...
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ):
-        """Quantize the global model once per round when the downlink is quantized."""
-        self._down = None
-        bits = self.config.quant.down_bits
-        if bits:
-            model = {name: array.numpy() for name, array in arrays.items()}
-            record, entries, encoded = quantized_downlink(model, bits)
+    def _quantized_model(self, server_round: int) -> tuple[ArrayRecord, dict, dict]:
+        """This round's quantized global model (encoded once, sent to every client)."""
+        if self._down is None or self._down[0] != server_round:
+            bits = self.config.quant.down_bits
+            record, entries, encoded = quantized_downlink(self._global, bits)
             fields = {
                 "codec": f"uniform{bits}",
                 "payload_bits": encoded.payload_bits,
-                "dense_bytes": sum(v.size for v in model.values()) * FLOAT32_BYTES,
+                "dense_bytes": sum(v.size for v in self._global.values()) * FLOAT32_BYTES,
             }
-            self._down = (record, entries, fields)
-        return super().configure_train(server_round, arrays, config, grid)
+            self._down = (server_round, record, entries, fields)
+        return self._down[1:]
 
     def downlink(
         self,
@@ -64,10 +59,10 @@ class QuantFedAvg(CodedFedAvg):
             | spec_config(self.spec, self.config.quant.error_feedback)
             | {keys.SEED: self.config.seed}
         )
-        if self._down is None:
+        if not self.config.quant.down_bits:
             content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: client_config})
             return content, dense_fields(arrays)
-        record, entries, fields = self._down
+        record, entries, fields = self._quantized_model(server_round)
         client_config = ConfigRecord(dict(client_config) | entries)
         return RecordDict({keys.DOWN_QUANT: record, keys.CONFIG: client_config}), fields
 

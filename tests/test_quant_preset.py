@@ -12,8 +12,9 @@ from flower_app.config import parse
 from flower_app.recorder import Recorder
 from mods import keys
 from mods.quant_mod import quant_mod, quantized_downlink, receive_model, spec_config
-from mods.size_mod import content_bytes, payload_size_mod
+from mods.size_mod import payload_size_mod
 from strategies import QuantFedAvg
+from strategies.accounting import wire_bytes
 from tests.test_stc_preset import (
     SHAPES,
     context,
@@ -35,7 +36,7 @@ def quant_config(spec: QuantSpec = UNIFORM4, feedback: bool = False, **extra) ->
 def test_size_mod_writes_what_came_in_and_what_goes_out():
     # Prepare
     content = RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: ConfigRecord()})
-    incoming = content_bytes(content)
+    incoming = wire_bytes(content)
     msg = train_message(content)
     # Execute
     reply = payload_size_mod(msg, context(), trainer(model(1), []))
@@ -44,7 +45,7 @@ def test_size_mod_writes_what_came_in_and_what_goes_out():
     assert incoming == 529 + 149
     assert sizes[keys.DOWN_BYTES] == incoming
     assert sizes[keys.UP_BYTES] == 529 + 149 + 38
-    assert content_bytes(reply.content) == 716 + sizes.count_bytes()
+    assert wire_bytes(reply.content) == 716 + sizes.count_bytes()
 
 
 def test_size_mod_leaves_a_failed_reply_alone():
