@@ -6,6 +6,7 @@ line naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcodec.quant import CODE_BITS, QuantSpec
+from netsim.rounds import POLICIES
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -22,6 +24,7 @@ DATASETS = ("fashion-mnist", "mnist", "synthetic")
 PARTITIONERS = ("iid", "dirichlet", "classes")
 QUANT_SCHEMES = ("uniform", "fixed", "progressive", "float", "e4m3", "e5m2")
 FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
+CHANNELS = ("none", "random-walk", "rayleigh", "trace")
 
 
 class ConfigError(ValueError):
@@ -72,6 +75,35 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
+class NetConfig:
+    """`net.*`: the simulated network (any strategy); channel "none" is an ideal network."""
+
+    channel: str
+    policy: str
+    deadline_s: float
+    overcommit: float
+    step_s: float
+    min_bps: float
+    max_bps: float
+    change_low_bps: float
+    change_high_bps: float
+    down_factor: float
+    bandwidth_hz: float
+    snr_db: float
+    distance_min_m: float
+    distance_max_m: float
+    path_loss_exponent: float
+    trace_file: str
+    seconds_per_sample: float
+    compute_sigma: float
+
+    @property
+    def simulated(self) -> bool:
+        """Whether messages get simulated times."""
+        return self.channel != "none"
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The validated run-config of one experiment (keys in kebab-case in pyproject)."""
 
@@ -96,6 +128,7 @@ class ExperimentConfig:
     run_name: str
     stc: StcConfig
     quant: QuantConfig
+    net: NetConfig
 
     def to_flat(self) -> dict[str, Any]:
         """Return the config as Flower's flat kebab-case run-config (dotted sub-tables)."""
@@ -169,7 +202,16 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
             approx=get.number("stc.approx", low=0.0, high=1.0, low_open=True),
         ),
         quant=_quant_config(get),
+        net=_net_config(get),
     )
+    if config.net.policy == "partial" and (
+        config.strategy != "quant" or config.quant.scheme != "progressive"
+    ):
+        raise ConfigError(
+            f"net.policy='partial' needs strategy='quant' with quant.scheme='progressive' "
+            f"(got strategy='{config.strategy}', quant.scheme='{config.quant.scheme}'); "
+            "allowed otherwise: wait, drop, overcommit"
+        )
     if config.data_dir and not Path(config.data_dir).is_dir():
         raise ConfigError(
             f"data-dir='{config.data_dir}' is not a folder; give the folder "
@@ -210,6 +252,53 @@ def _quant_config(get: _Getter) -> QuantConfig:
             f"(got '{quant.scheme}'); allowed: 0 for other schemes"
         )
     return quant
+
+
+def _net_config(get: _Getter) -> NetConfig:
+    positive = {"low": 0.0, "low_open": True}
+    net = NetConfig(
+        channel=get.choice("net.channel", CHANNELS),
+        policy=get.choice("net.policy", POLICIES),
+        deadline_s=get.number("net.deadline-s", **positive),
+        overcommit=get.number("net.overcommit", low=1.0),
+        step_s=get.number("net.step-s", **positive),
+        min_bps=get.number("net.min-bps", **positive),
+        max_bps=get.number("net.max-bps", **positive),
+        change_low_bps=get.number("net.change-low-bps", low=-math.inf),
+        change_high_bps=get.number("net.change-high-bps", low=-math.inf),
+        down_factor=get.number("net.down-factor", **positive),
+        bandwidth_hz=get.number("net.bandwidth-hz", **positive),
+        snr_db=get.number("net.snr-db", low=-math.inf),
+        distance_min_m=get.number("net.distance-min-m", **positive),
+        distance_max_m=get.number("net.distance-max-m", **positive),
+        path_loss_exponent=get.number("net.path-loss-exponent", low=0.0),
+        trace_file=get.string("net.trace-file"),
+        seconds_per_sample=get.number("net.seconds-per-sample", low=0.0),
+        compute_sigma=get.number("net.compute-sigma", low=0.0),
+    )
+    for low, high in (
+        ("min-bps", "max-bps"),
+        ("change-low-bps", "change-high-bps"),
+        ("distance-min-m", "distance-max-m"),
+    ):
+        low_value = getattr(net, low.replace("-", "_"))
+        high_value = getattr(net, high.replace("-", "_"))
+        if low_value > high_value:
+            raise ConfigError(
+                f"net.{low}={low_value:g} > net.{high}={high_value:g}; "
+                f"allowed: net.{low} <= net.{high}"
+            )
+    if net.policy != "wait" and not net.simulated:
+        raise ConfigError(
+            f"net.policy='{net.policy}' needs a simulated channel (net.channel='none'); "
+            f"allowed channels: {', '.join(CHANNELS[1:])}"
+        )
+    if net.channel == "trace" and not Path(net.trace_file).is_file():
+        raise ConfigError(
+            f"net.trace-file='{net.trace_file}' is not a file; net.channel='trace' needs a CSV "
+            "with the columns client,time_s,up_bps,down_bps"
+        )
+    return net
 
 
 def default_run_name(config: ExperimentConfig) -> str:
@@ -277,7 +366,7 @@ class _Getter:
             raise ConfigError(f"{key}={value!r} must be a number in {allowed}")
         too_low = value <= low if low_open else value < low
         too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high or value != value:
+        if too_low or too_high or not math.isfinite(value):
             raise ConfigError(f"{key}={value} is out of range; allowed: {allowed}")
         return float(value)
 

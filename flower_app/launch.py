@@ -24,6 +24,7 @@ from pathlib import Path
 from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
 from flower_app.data import load_dataset
 from flower_app.simulation import parse_run_config, run_command
+from strategies.network import check_network
 
 REPO = PYPROJECT.parent
 
@@ -124,6 +125,7 @@ def run_flwr(overrides: dict, num_supernodes: int, client_cpus: int) -> Path:
     if num_supernodes < 1 or client_cpus < 1:
         raise ConfigError("num-supernodes and client-cpus must be integers >= 1")
     load_dataset(config.dataset, config.data_dir, config.seed)  # fails fast when missing
+    check_network(config.net, config.seed, num_supernodes)
     fixed = {
         "output-dir": str(Path(config.output_dir).resolve()),
         "run-name": default_run_name(config),

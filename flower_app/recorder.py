@@ -1,4 +1,5 @@
-"""Append-only run logs: run_config.json, bandwidth.csv, rounds.csv, summary.json.
+"""Append-only run logs: run_config.json, bandwidth.csv, rounds.csv, summary.json, and
+channels.csv (the simulated link rates) when a network is simulated.
 
 Rows are appended and flushed as they come, never rewritten: a run killed in round 7
 leaves every row of rounds 1..6 complete on disk.
@@ -42,6 +43,9 @@ ROUND_COLUMNS = (
 )
 
 
+RATE_COLUMNS = ("partition_id", "direction", "start_s", "end_s", "rate_bps")
+
+
 class _CsvLog:
     """One CSV file opened for appending, with a fixed header written once."""
 
@@ -80,6 +84,7 @@ class Recorder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._messages = _CsvLog(self.run_dir / "bandwidth.csv", BANDWIDTH_COLUMNS)
         self._rounds = _CsvLog(self.run_dir / "rounds.csv", ROUND_COLUMNS)
+        self._rates: _CsvLog | None = None  # opened on the first rates
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Write the resolved run-config, first thing in a run."""
@@ -89,9 +94,18 @@ class Recorder:
         """Append one message's row to bandwidth.csv (flushed with its round)."""
         self._messages.append(row)
 
+    def log_rates(self, rows: list[dict[str, Any]]) -> None:
+        """Append simulated link rates to channels.csv (flushed with their round)."""
+        if self._rates is None:
+            self._rates = _CsvLog(self.run_dir / "channels.csv", RATE_COLUMNS)
+        for row in rows:
+            self._rates.append(row)
+
     def log_round(self, row: dict[str, Any]) -> None:
-        """Append one round's row and flush both CSV files."""
+        """Append one round's row and flush the CSV files."""
         self._messages.flush()
+        if self._rates is not None:
+            self._rates.flush()
         self._rounds.append(row)
         self._rounds.flush()
 
@@ -101,6 +115,8 @@ class Recorder:
         _write_json(self.run_dir / "summary.json", summary)
         self._messages.close()
         self._rounds.close()
+        if self._rates is not None:
+            self._rates.close()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

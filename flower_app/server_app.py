@@ -19,6 +19,7 @@ from flower_app.config import (
 )
 from flower_app.data import DatasetMissingError
 from flower_app.models import build_model
+from flower_app.plots import plot_accuracy_vs_time, plot_channels
 from flower_app.recorder import Recorder
 from flower_app.task import evaluate, test_data
 from strategies import PRESETS
@@ -72,9 +73,10 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
         loss, accuracy = evaluate(model, test)
         row = strategy.finish_round(server_round, loss, accuracy)
         rows.append(row)
+        simulated = "" if row["sim_time_s"] == "" else f" | simulated {row['sim_time_s']:.1f} s"
         log(
             INFO,
-            "[round %d/%d] test acc %.4f loss %.4f | up %s down %s | cum %s | %.1f s",
+            "[round %d/%d] test acc %.4f loss %.4f | up %s down %s | cum %s | %.1f s%s",
             server_round,
             config.num_server_rounds,
             accuracy,
@@ -83,6 +85,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
             human_bytes(row["down_bytes"]),
             human_bytes(row["cum_bytes"]),
             row["wall_s"],
+            simulated,
         )
         return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
 
@@ -99,10 +102,14 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
             "final_test_accuracy": rows[-1]["test_accuracy"],
             "final_test_loss": rows[-1]["test_loss"],
             "wall_s": round(sum(row["wall_s"] for row in rows), 3),
+            "sim_time_s": rows[-1]["sim_time_s"],
             "bandwidth": bandwidth,
         }
     )
     _log_formula(bandwidth)
+    if config.net.simulated:
+        plot_channels(run_dir)
+        plot_accuracy_vs_time(run_dir)
     return run_dir
 
 

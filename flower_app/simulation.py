@@ -22,6 +22,7 @@ from typing import Any
 from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
 from flower_app.data import DatasetMissingError
 from flower_app.task import test_data
+from strategies.network import check_network
 
 REPO = PYPROJECT.parent
 DEFAULT_GPU_FRACTION = 0.2
@@ -56,6 +57,7 @@ def run_experiment(
     if num_supernodes < 1:
         raise ConfigError(f"num-supernodes={num_supernodes} is out of range; allowed: >= 1")
     test_data(config.dataset, config.data_dir, config.seed)  # a missing dataset fails here
+    check_network(config.net, config.seed, num_supernodes)
     flat["run-name"] = default_run_name(config)
     flat["output-dir"] = str(Path(config.output_dir).resolve())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -80,6 +81,14 @@ def minibatches(
             produced += 1
             yield order[start : start + batch_size]
         passes += 1
+
+
+def samples_processed(size: int, batch_size: int, epochs: int, steps: int) -> int:
+    """Training samples one round processes (what `minibatches` yields, counted)."""
+    if not steps:
+        return epochs * size
+    full_passes, extra_batches = divmod(steps, math.ceil(size / batch_size))
+    return full_passes * size + min(extra_batches * batch_size, size)
 
 
 def train(

@@ -22,8 +22,11 @@ from flwr.serverapp.strategy import FedAvg
 
 from flower_app.config import ExperimentConfig, selected_count
 from flower_app.recorder import Recorder
+from flower_app.task import samples_processed
 from mods import keys
+from netsim.rounds import Timeline, Transfer
 from strategies.accounting import dense_fields, wire_bytes
+from strategies.network import NetworkClock
 from strategies.selection import EVALUATE_STREAM, TRAIN_STREAM, select_partitions
 
 QUERY_TIMEOUT_S = 600.0
@@ -71,6 +74,10 @@ class BandwidthFedAvg(FedAvg):
         self._pending: dict[tuple[str, int], dict] = {}  # (phase, node) -> row awaiting a reply
         self._global: dict[str, np.ndarray] = {}
         self._global_shapes: dict[str, tuple[int, ...]] = {}
+        self.clock = NetworkClock(config.net, config.seed) if config.net.simulated else None
+        self._keep = 0  # updates a round needs (fewer than selected under overcommit)
+        self._timelines: dict[int, Timeline] = {}  # this round's simulated times per client
+        self._late_refinements: set[int] = set()  # clients whose refinement missed the deadline
 
     # ------------------------------------------------------------------ discovery
     def discover_partitions(self, grid: Grid) -> int:
@@ -107,6 +114,8 @@ class BandwidthFedAvg(FedAvg):
         self._flush_pending("query")
         if not self.node_of:
             raise RuntimeError("no node answered the partition-id query; nothing to train")
+        if self.clock is not None:
+            self.clock.start(sorted(self.node_of))
         return len(self.node_of)
 
     # ------------------------------------------------------------------ training
@@ -124,11 +133,16 @@ class BandwidthFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Log every reply, leave out failed or malformed ones, FedAvg the rest."""
+        """Log every reply, leave out failed, late or malformed ones, FedAvg the rest."""
         accepted = []
-        for reply in self._sorted(replies):
-            measured = self._receive(reply)
-            status = self._check_train_reply(reply)
+        replies = self._sorted(replies)
+        received = [self._receive(reply) for reply in replies]
+        network_status = self._time_round(replies, received)
+        for reply, measured in zip(replies, received, strict=True):
+            if network_status.get(self._partition(reply)) == "dropped":
+                status = "dropped"
+            else:
+                status = self._check_train_reply(reply)
             self._log_reply(server_round, "train", reply, status, measured)
             if status in ACCEPTED:
                 accepted.append(reply)
@@ -141,6 +155,43 @@ class BandwidthFedAvg(FedAvg):
         if metrics is not None:
             self._round["train_loss"] = float(metrics.get(keys.TRAIN_LOSS, float("nan")))
         return arrays, metrics
+
+    def _time_round(self, replies: list[Message], received: list[tuple]) -> dict[int, str]:
+        """Simulated times of this round's messages and the straggler policy's verdicts."""
+        self._timelines, self._late_refinements = {}, set()
+        if self.clock is None:
+            return {}
+        down_bits = {
+            row["partition_id"]: 8 * row["measured"]
+            for (phase, _), row in self._pending.items()
+            if phase == "train"
+        }
+        uploads = {}  # partition -> (samples trained, bits up, of which refinement)
+        for reply, (measured, _) in zip(replies, received, strict=True):
+            partition_id = self._partition(reply)
+            if not reply.has_error() and partition_id in down_bits:
+                refine_bits = 8 * self.refinement_bytes(reply)
+                uploads[partition_id] = (self._samples(reply), 8 * measured, refine_bits)
+        transfers = [
+            Transfer(partition_id, bits, *uploads.get(partition_id, (0, 0, 0)))
+            for partition_id, bits in down_bits.items()
+        ]
+        self._timelines, status = self.clock.run_round(transfers, set(uploads), self._keep)
+        self._late_refinements = {p for p, s in status.items() if s == "partial"}
+        return status
+
+    def _samples(self, reply: Message) -> int:
+        """Training samples a client processed this round (0 for a nonsense example count)."""
+        metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
+        if examples_problem(metrics):
+            return 0
+        c = self.config
+        examples = int(metrics[keys.NUM_EXAMPLES])
+        return samples_processed(examples, c.batch_size, c.local_epochs, c.local_steps)
+
+    def refinement_bytes(self, reply: Message) -> int:
+        """Bytes of a reply that may arrive late or never (sent last); here none."""
+        return 0
 
     def aggregate_updates(
         self, server_round: int, accepted: list[Message]
@@ -216,9 +267,11 @@ class BandwidthFedAvg(FedAvg):
             "train_loss": self._round.get("train_loss", ""),
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
-            "sim_time_s": "",
+            "sim_time_s": "" if self.clock is None else round(self.clock.now, 6),
             "wall_s": round(time.perf_counter() - self._round["t0"], 3),
         }
+        if self.clock is not None:
+            self.recorder.log_rates(self.clock.rate_rows())
         self.recorder.log_round(row)
         return row
 
@@ -260,6 +313,10 @@ class BandwidthFedAvg(FedAvg):
         count = selected_count(len(self.node_of), fraction)
         if count == 0:
             return []
+        if phase == "train":
+            self._keep = count
+            if self.clock is not None:
+                count = self.clock.selection_size(count, len(self.node_of))
         chosen = select_partitions(
             list(self.node_of), count, self.config.seed, server_round, stream
         )
@@ -356,6 +413,7 @@ class BandwidthFedAvg(FedAvg):
         dense_bytes: int = 0,
         client_bytes: int | str = "",
     ) -> None:
+        start_s, end_s = self._sim_times(partition_id, phase, direction, status)
         self.recorder.log_message(
             {
                 "round": server_round,
@@ -368,8 +426,8 @@ class BandwidthFedAvg(FedAvg):
                 "client_bytes": client_bytes,
                 "dense_bytes": dense_bytes,
                 "status": status,
-                "sim_start_s": "",
-                "sim_end_s": "",
+                "sim_start_s": start_s,
+                "sim_end_s": end_s,
             }
         )
         self.totals[direction] += measured
@@ -378,6 +436,17 @@ class BandwidthFedAvg(FedAvg):
             self.train_bytes[direction] += measured
             self.train_messages[direction] += 1
             self.train_framing_bytes += measured - payload_bits // 8
+
+    def _sim_times(
+        self, partition_id: int, phase: str, direction: str, status: str
+    ) -> tuple[float | str, float | str]:
+        """A train message's simulated start and end ("" without a network or a reply)."""
+        timeline = self._timelines.get(partition_id) if phase == "train" else None
+        if timeline is None or status == "failed":
+            return "", ""
+        if direction == "down":
+            return round(timeline.down_start, 6), round(timeline.down_end, 6)
+        return round(timeline.up_start, 6), round(timeline.up_end, 6)
 
     def _partition(self, reply: Message) -> int:
         return self.partition_of.get(reply.metadata.src_node_id, -1)

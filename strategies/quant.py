@@ -4,14 +4,15 @@ Clients quantize their update as the train message says (mods/quant_mod.py). The
 each update, averages them weighted by examples and adds the mean to its float32 model. With
 `quant.down-bits` > 0 every client receives the global model quantized to that many bits
 (uniform) and trains from it; the server keeps its model in float32. With a progressive uplink,
-`quant.refine-loss` stands in for a network until one is simulated: a seeded draw per (round,
-client) loses the refinement, the server uses the base alone and logs the reply as `partial`.
+`quant.refine-loss` loses the refinement on a seeded draw per (round, client), and with a
+simulated network under `net.policy = "partial"` a refinement that misses the deadline is lost:
+the server then uses the base alone and logs the reply as `partial`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcodec import quant
 from mods import keys
@@ -79,7 +80,19 @@ class QuantFedAvg(CodedFedAvg):
         tensors, bits = quant.decode_arrays(arrays, shapes, self.spec)
         return DecodedUpdate(tensors, bits, self.spec.label, status)
 
+    def refinement_bytes(self, reply: Message) -> int:
+        """Bytes of the refinement arrays (sent last; may miss the deadline)."""
+        arrays = reply.content.array_records.get(keys.ARRAYS, ArrayRecord())
+        return sum(
+            len(arrays[name].data) + len(name)
+            for name in self.spec.refined_arrays
+            if name in arrays
+        )
+
     def _refinement_lost(self, server_round: int, partition_id: int) -> bool:
+        """Lost to the network's deadline, or to the seeded `quant.refine-loss` draw."""
+        if partition_id in self._late_refinements:
+            return True
         loss = self.config.quant.refine_loss
         rng = np.random.default_rng(
             [self.config.seed, server_round, partition_id, REFINE_LOSS_STREAM]

@@ -46,6 +46,18 @@ def test_pyproject_defaults_parse():
         ("quant.refine-bits", 7, "quant.base-bits=2 + quant.refine-bits=7 = 9 bits"),
         ("quant.refine-loss", 1.5, "quant.refine-loss=1.5 is out of range; allowed: [0, 1]"),
         ("quant.refine-loss", 0.3, "quant.refine-loss=0.3 needs quant.scheme='progressive'"),
+        ("net.channel", "5g", "net.channel='5g' is not known; allowed: none, random-walk"),
+        ("net.policy", "drop", "net.policy='drop' needs a simulated channel"),
+        ("net.deadline-s", 0, "net.deadline-s=0 is out of range; allowed: (0, inf)"),
+        ("net.deadline-s", -5.0, "net.deadline-s=-5.0 is out of range; allowed: (0, inf)"),
+        ("net.overcommit", 0.5, "net.overcommit=0.5 is out of range; allowed: [1, inf)"),
+        ("net.min-bps", -1e6, "net.min-bps=-1000000.0 is out of range; allowed: (0, inf)"),
+        ("net.max-bps", 5e5, "net.min-bps=1e+06 > net.max-bps=500000; allowed: net.min-bps <="),
+        ("net.change-low-bps", 2e6, "net.change-low-bps=2e+06 > net.change-high-bps=1e+06"),
+        ("net.distance-max-m", 10.0, "net.distance-min-m=50 > net.distance-max-m=10"),
+        ("net.step-s", 0.0, "net.step-s=0.0 is out of range; allowed: (0, inf)"),
+        ("net.snr-db", float("inf"), "net.snr-db=inf is out of range"),
+        ("net.seconds-per-sample", -0.1, "net.seconds-per-sample=-0.1 is out of range"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(flat_config, key, value, message):
@@ -102,3 +114,25 @@ def test_command_line_typo_is_one_line_and_exit_2(capsys):
     code = simulation_main(["--run-config", "model='cnnx'"])
     assert code == 2
     assert capsys.readouterr().err == "error: model='cnnx' is not known; allowed: cnn, logistic\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"net.channel": "trace", "net.trace-file": "/no/trace.csv"},
+            "net.trace-file='/no/trace.csv' is not a file",
+        ),
+        (
+            {"net.channel": "random-walk", "net.policy": "partial"},
+            "net.policy='partial' needs strategy='quant' with quant.scheme='progressive' "
+            "(got strategy='fedavg', quant.scheme='uniform')",
+        ),
+    ],
+)
+def test_bad_network_settings_are_one_line(flat_config, overrides, message):
+    flat_config.update(overrides)
+    with pytest.raises(ConfigError) as error:
+        parse(flat_config)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from flower_app.config import parse
@@ -12,6 +13,7 @@ from flower_app.task import (
     evaluate,
     minibatches,
     round_generator,
+    samples_processed,
     to_tensors,
     train,
 )
@@ -74,3 +76,14 @@ def test_minibatches_by_epochs_or_by_steps():
     assert [len(b) for b in by_epochs] == [4, 4, 2, 4, 4, 2]
     assert [len(b) for b in by_steps] == [4, 4, 2, 4, 4]
     assert sorted(torch.cat(by_epochs[:3]).tolist()) == list(range(10))  # a pass is a permutation
+
+
+@pytest.mark.parametrize(
+    ("epochs", "steps", "expected"),
+    # 120 samples in batches of 50: a pass is 50 + 50 + 20
+    [(1, 0, 120), (3, 0, 360), (1, 2, 100), (1, 3, 120), (1, 4, 170), (1, 7, 290)],
+)
+def test_samples_processed_counts_what_minibatches_yield(epochs, steps, expected):
+    generator = torch.Generator().manual_seed(0)
+    yielded = sum(len(b) for b in minibatches(120, 50, epochs, steps, generator))
+    assert samples_processed(120, 50, epochs, steps) == yielded == expected

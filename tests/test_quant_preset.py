@@ -112,7 +112,7 @@ def test_quant_mod_passes_other_messages_through():
 
 
 def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict, steps: dict):
-    """One round through the real mods; returns the new global model."""
+    """One round through the real mods; returns the new global model (None: none usable)."""
     messages = list(strategy.configure_train(1, record(start), ConfigRecord(), grid))
     replies = []
     for msg in messages:
@@ -121,7 +121,7 @@ def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict,
         chain = lambda m, c, pid=pid: quant_mod(m, c, trainer(steps[pid], []))  # noqa: E731
         replies.append(payload_size_mod(msg, ctx, chain))
     arrays, _ = strategy.aggregate_train(1, replies)
-    return {name: arrays[name].numpy() for name in SHAPES}
+    return None if arrays is None else {name: arrays[name].numpy() for name in SHAPES}
 
 
 @pytest.fixture

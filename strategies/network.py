@@ -1,0 +1,113 @@
+"""The simulated network of a run, adapted from `netsim` to the `net.*` run-config.
+
+`NetworkClock` holds the simulated time. Each train round it takes the sizes actually sent
+(down and up, in bytes as measured) and the samples each client trained on, times every
+client's messages, applies the straggler policy and moves the clock to the round's end.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+from flower_app.config import ConfigError, NetConfig
+from netsim.channel import Channel, mean_snr_at, random_walk, rayleigh
+from netsim.network import (
+    DOWN_STREAM,
+    PLACEMENT_STREAM,
+    UP_STREAM,
+    Network,
+    client_rng,
+    speed_factor,
+)
+from netsim.rounds import Links, Timeline, Transfer, apply_policy
+from netsim.trace import TraceError, check_clients, load_trace
+
+
+def load_trace_channels(net: NetConfig) -> dict[int, dict[str, Channel]] | None:
+    """The trace's channels when `net.channel` is "trace" (a bad file is a ConfigError)."""
+    if net.channel != "trace":
+        return None
+    try:
+        return load_trace(net.trace_file)
+    except TraceError as error:
+        raise ConfigError(f"net.trace-file: {error}") from None
+
+
+def make_links(
+    net: NetConfig, seed: int, trace: dict[int, dict[str, Channel]] | None, partition_id: int
+) -> Links:
+    """One client's links and device speed, from its own seeded streams (or the trace)."""
+    seconds = net.seconds_per_sample * speed_factor(seed, partition_id, net.compute_sigma)
+    if trace is not None:
+        return Links(trace[partition_id]["up"], trace[partition_id]["down"], seconds)
+    up_rng = client_rng(seed, partition_id, UP_STREAM)
+    down_rng = client_rng(seed, partition_id, DOWN_STREAM)
+    if net.channel == "random-walk":
+        bounds = (net.min_bps, net.max_bps, net.change_low_bps, net.change_high_bps)
+        up = random_walk(up_rng, *bounds, net.step_s)
+        down = random_walk(down_rng, *(net.down_factor * b for b in bounds), net.step_s)
+        return Links(up, down, seconds)
+    distance = client_rng(seed, partition_id, PLACEMENT_STREAM).uniform(
+        net.distance_min_m, net.distance_max_m
+    )
+    snr = mean_snr_at(distance, net.snr_db, net.distance_min_m, net.path_loss_exponent)
+    up = rayleigh(up_rng, net.bandwidth_hz, snr, net.step_s)
+    down = rayleigh(down_rng, net.down_factor * net.bandwidth_hz, snr, net.step_s)
+    return Links(up, down, seconds)
+
+
+class NetworkClock:
+    """Simulated time of a run and the timing of its train rounds."""
+
+    def __init__(self, net: NetConfig, seed: int) -> None:
+        self.net = net
+        self._trace = load_trace_channels(net)
+        self.network = Network(partial(make_links, net, seed, self._trace))
+        self.now = 0.0
+        self.round_start = 0.0
+
+    def start(self, partition_ids: list[int]) -> None:
+        """Build every client's links (a trace must cover them all) before round 1."""
+        if self._trace is not None:
+            try:
+                check_clients(self._trace, partition_ids, self.net.trace_file)
+            except TraceError as error:
+                raise ConfigError(f"net.trace-file: {error}") from None
+        for partition_id in partition_ids:
+            self.network.links(partition_id)
+
+    def selection_size(self, count: int, available: int) -> int:
+        """Clients to select for `count` updates: more under `overcommit`."""
+        if self.net.policy != "overcommit":
+            return count
+        return min(available, math.ceil(count * self.net.overcommit - 1e-9))
+
+    def run_round(
+        self, transfers: list[Transfer], answered: set[int], keep: int
+    ) -> tuple[dict[int, Timeline], dict[int, str]]:
+        """Time a round's transfers; `answered` are the clients whose reply came back.
+
+        Returns every client's timeline and the policy's status of each answering client,
+        and moves the clock to the round's end.
+        """
+        self.round_start = self.now
+        timelines = {t.partition_id: self.network.timeline(self.now, t) for t in transfers}
+        status, self.now = apply_policy(
+            [timelines[p] for p in sorted(answered)],
+            self.net.policy,
+            self.round_start,
+            self.net.deadline_s,
+            keep,
+        )
+        return timelines, status
+
+    def rate_rows(self) -> list[dict]:
+        """Every client's rates over the last round, for channels.csv."""
+        return self.network.rate_rows(self.round_start, self.now)
+
+
+def check_network(net: NetConfig, seed: int, num_clients: int) -> None:
+    """Build every client's links once, so a bad trace fails before Flower starts."""
+    if net.simulated:
+        NetworkClock(net, seed).start(list(range(num_clients)))

@@ -1,0 +1,195 @@
+"""The simulated network inside the strategies, on hand-built messages with a trace channel.
+
+Sizes as in test_strategy.py: a train request is 314 B = 2,512 bits, a dense reply 332 B =
+2,656 bits. Each client trains 10 examples for one epoch at 0.1 s a sample: 1 s of compute.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+
+from fedcodec import quant
+from fedcodec.quant import QuantSpec
+from flower_app.config import ConfigError
+from tests.test_quant_preset import quant_strategy, run_round  # noqa: F401  (fixture)
+from tests.test_stc_preset import SHAPES, model
+from tests.test_strategy import (
+    make_strategy,
+    read_rows,
+    task_identity,  # noqa: F401  (autouse fixture)
+    train_reply,
+)
+from tests.test_strategy import model as dense_model
+
+# per client: (time_s, up_bps, down_bps) rows
+TRACE = {
+    0: [(0, 2656, 2512)],  # down 1 s, compute 1 s, up 1 s: arrives at 3.0
+    1: [(0, 2656, 2512), (2.5, 1328, 2512)],  # up from 2.0: 0.5 s at 2656, 1 s at 1328: 3.5
+    2: [(0, 1328, 1256)],  # down 2 s, compute 1 s, up 2 s: 5.0
+    3: [(0, 2656, 628)],  # down 4 s, compute 1 s, up 1 s: 6.0
+}
+
+
+def write_trace(path, trace=TRACE):
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["client", "time_s", "up_bps", "down_bps"])
+        for client, rows in trace.items():
+            writer.writerows([client, *row] for row in rows)
+    return str(path)
+
+
+def network_strategy(flat_config, tmp_path, **net):
+    overrides = {
+        "fraction-train": 1.0,
+        "net.channel": "trace",
+        "net.trace-file": write_trace(tmp_path / "trace.csv"),
+        "net.seconds-per-sample": 0.1,
+        "net.compute-sigma": 0.0,
+    }
+    return make_strategy(flat_config, tmp_path, **overrides | net)
+
+
+def play_round(strategy, grid, server_round):
+    messages = list(strategy.configure_train(server_round, dense_model(), ConfigRecord(), grid))
+    pids = [grid.partition_of_node[m.metadata.dst_node_id] for m in messages]
+    arrays, _ = strategy.aggregate_train(
+        server_round,
+        [train_reply(m, float(pid + 1)) for m, pid in zip(messages, pids, strict=True)],
+    )
+    row = strategy.finish_round(server_round, 0.0, 0.0)
+    return arrays, row
+
+
+def train_rows(recorder, server_round=1):
+    return [
+        r for r in read_rows(recorder) if r["phase"] == "train" and r["round"] == str(server_round)
+    ]
+
+
+def test_drop_leaves_out_the_clients_late_for_the_deadline(flat_config, tmp_path):
+    strategy, grid, recorder = network_strategy(
+        flat_config, tmp_path, **{"net.policy": "drop", "net.deadline-s": 4.0}
+    )
+    # Execute
+    arrays, row = play_round(strategy, grid, 1)
+    # Assert: clients 0 and 1 (updates 1 and 2) arrive by 4.0; the mean of their models is 1.5
+    np.testing.assert_allclose(arrays["w"].numpy(), 1.5)
+    up = {int(r["partition_id"]): r for r in train_rows(recorder) if r["direction"] == "up"}
+    assert {p: r["status"] for p, r in up.items()} == {
+        0: "delivered",
+        1: "delivered",
+        2: "dropped",
+        3: "dropped",
+    }
+    assert [float(up[p]["sim_end_s"]) for p in range(4)] == [3.0, 3.5, 5.0, 6.0]
+    assert [float(up[p]["sim_start_s"]) for p in range(4)] == [2.0, 2.0, 3.0, 5.0]
+    down = {int(r["partition_id"]): r for r in train_rows(recorder) if r["direction"] == "down"}
+    assert [float(down[p]["sim_end_s"]) for p in range(4)] == [1.0, 1.0, 2.0, 4.0]
+    assert (row["selected"], row["delivered"], row["sim_time_s"]) == (4, 2, 4.0)
+
+
+def test_the_next_round_starts_where_the_last_one_ended(flat_config, tmp_path):
+    strategy, grid, recorder = network_strategy(
+        flat_config, tmp_path, **{"net.policy": "drop", "net.deadline-s": 4.0}
+    )
+    play_round(strategy, grid, 1)
+    _, row = play_round(strategy, grid, 2)
+    # from 4.0, every rate constant now: client 1 sends at 1328 bit/s -> 4 + 1 + 1 + 2 = 8
+    up = {int(r["partition_id"]): r for r in train_rows(recorder, 2) if r["direction"] == "up"}
+    assert [float(up[p]["sim_end_s"]) for p in range(4)] == [7.0, 8.0, 9.0, 10.0]
+    assert row["sim_time_s"] == 8.0  # deadline 4 s after the round's start at 4.0
+    rates = list(csv.DictReader((recorder.run_dir / "channels.csv").open()))
+    client1_up = [
+        (r["start_s"], r["end_s"], r["rate_bps"])
+        for r in rates
+        if r["partition_id"] == "1" and r["direction"] == "up"
+    ]
+    assert client1_up == [
+        ("0.0", "2.5", "2656.0"),
+        ("2.5", "4.0", "1328.0"),
+        ("4.0", "8.0", "1328.0"),
+    ]
+
+
+def test_wait_ends_at_the_last_arrival(flat_config, tmp_path):
+    strategy, grid, _ = network_strategy(flat_config, tmp_path, **{"net.policy": "wait"})
+    arrays, row = play_round(strategy, grid, 1)
+    np.testing.assert_allclose(arrays["w"].numpy(), 2.5)
+    assert (row["delivered"], row["sim_time_s"]) == (4, 6.0)
+
+
+def test_overcommit_selects_more_and_keeps_the_first_arrivals(flat_config, tmp_path):
+    # fraction 0.5 of 4 -> K = 2; overcommit 1.5 -> 3 selected (seeded), the first 2 kept
+    strategy, grid, recorder = network_strategy(
+        flat_config,
+        tmp_path,
+        **{"fraction-train": 0.5, "net.policy": "overcommit", "net.overcommit": 1.5},
+    )
+    _, row = play_round(strategy, grid, 1)
+    up = {int(r["partition_id"]): r for r in train_rows(recorder) if r["direction"] == "up"}
+    assert len(up) == 3 and row["selected"] == 3 and row["delivered"] == 2
+    arrivals = sorted(up, key=lambda p: float(up[p]["sim_end_s"]))
+    assert [up[p]["status"] for p in arrivals] == ["delivered", "delivered", "dropped"]
+    assert row["sim_time_s"] == float(up[arrivals[1]]["sim_end_s"])
+
+
+def test_a_trace_without_some_client_fails_before_round_one(flat_config, tmp_path):
+    flat_config.update(
+        {
+            "net.channel": "trace",
+            "net.trace-file": write_trace(tmp_path / "short.csv", {0: TRACE[0], 1: TRACE[1]}),
+        }
+    )
+    with pytest.raises(ConfigError, match=r"no rows for client\(s\) 2, 3"):
+        make_strategy(flat_config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("policy", "deadline", "status"),
+    [("partial", 5.0, "partial"), ("drop", 5.0, "dropped"), ("partial", 6.0, "delivered")],
+)
+def test_a_late_refinement_leaves_the_base(quant_strategy, tmp_path, policy, deadline, status):  # noqa: F811
+    # Prepare: progressive 2 + 6; a reply is 725 B = 5,800 bits: "base" 128 + 27 + 4 B,
+    # "refine" 128 + 79 + 6 = 213 B (1,704 bits, sent last), "lows" 140 B, "steps" 141 B,
+    # metrics 38 B, size record 34 B. Uplink 1,000 bit/s, a near-instant downlink, no compute:
+    # the base arrives at 4.096 s, the refinement at 5.8 s.
+    trace = {c: [(0, 1000, 1e12)] for c in range(4)}
+    strategy, grid = quant_strategy(
+        **{
+            "quant.scheme": "progressive",
+            "net.channel": "trace",
+            "net.trace-file": write_trace(tmp_path / "trace.csv", trace),
+            "net.policy": policy,
+            "net.deadline-s": deadline,
+            "net.seconds-per-sample": 0.0,
+        }
+    )
+    ramp = {
+        n: np.linspace(0, 63, int(np.prod(s)), dtype=np.float32).reshape(s)
+        for n, s in SHAPES.items()
+    }
+    # Execute
+    start = model(0)
+    new_global = run_round(strategy, grid, {}, start, dict.fromkeys(range(4), ramp))
+    # Assert
+    up = [
+        r for r in read_rows(strategy.recorder) if r["phase"] == "train" and r["direction"] == "up"
+    ]
+    assert {r["status"] for r in up} == {status}
+    assert {int(r["wire_bytes"]) for r in up} == {725}
+    assert float(up[0]["sim_end_s"]) == pytest.approx(5.8, abs=1e-6)
+    if status == "dropped":
+        assert new_global is None
+        return
+    spec = QuantSpec("progressive", base_bits=2, refine_bits=6)
+    encoded = quant.encode(list(ramp.values()), spec)
+    sent = quant.drop_refinement(encoded.arrays, spec) if status == "partial" else encoded.arrays
+    expected, bits = quant.decode_arrays(sent, list(SHAPES.values()), spec)
+    assert {int(r["payload_bits"]) for r in up} == {bits}
+    assert bits == (105 * 2 if status == "partial" else 105 * 8) + 128
+    np.testing.assert_allclose(new_global["w"] - start["w"], expected[0], atol=1e-5)
