@@ -26,7 +26,7 @@ def plot_channels(run_dir: Path) -> Path:
         axis.set_ylabel(f"{direction}link rate (Mbit/s)")
         axis.grid(alpha=0.3)
     if rates["partition_id"].nunique() <= MAX_LEGEND_CLIENTS:
-        axes[0].legend(loc="upper left", fontsize="small", ncol=2)
+        axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     axes[1].set_xlabel("simulated time (s)")
     figure.suptitle("Channel rate of each client")
     return _save(figure, run_dir / "channels.png")

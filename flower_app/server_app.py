@@ -157,7 +157,7 @@ def _log_formula(b: dict[str, Any]) -> None:
         INFO,
         "bandwidth: difference %+d B = Flower framing %d B over %d messages (.npy "
         "headers, keys, config/metric records) + payload minus formula %+d B (0 for dense "
-        "FedAvg when every client delivers; negative: compression, failed clients, "
+        "FedAvg when every client delivers; negative: compression, failed or dropped clients, "
         "rounding of clients x fraction)",
         b["measured_train_bytes"] - b["formula_bytes"],
         b["framing_bytes"],

@@ -5,7 +5,9 @@ round 0), then selects partitions with a seeded generator each round. Each messa
 each reply received is one row in bandwidth.csv; each round is one row in rounds.csv.
 Replies that failed or carry garbage are logged (`failed` / `rejected`) and left out.
 A message's row waits for its reply, so that the sizes the client measured (payload-size mod)
-land beside the server's in `client_bytes`.
+land beside the server's in `client_bytes`. On a simulated network (`net.*`) each train round
+is timed from the measured sizes once its replies are in; updates the straggler policy rules
+out are logged `dropped` and left out.
 """
 
 from __future__ import annotations

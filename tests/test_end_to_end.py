@@ -80,10 +80,13 @@ def test_flwr_run_writes_exact_logs_and_leaves_nothing_running(tmp_path):
 
 
 def test_same_seed_gives_identical_logs(tmp_path):
-    # the quant preset with every random stream: stochastic rounding, lost refinements
+    # the quant preset with every random stream: stochastic rounding, lost refinements, and a
+    # random-walk network with device speeds and a deadline
     quant = (
         "strategy='quant' quant.scheme='progressive' quant.stochastic=true "
-        "quant.refine-loss=0.5 quant.down-bits=8 quant.error-feedback=true"
+        "quant.refine-loss=0.5 quant.down-bits=8 quant.error-feedback=true "
+        "net.channel='random-walk' net.policy='partial' net.deadline-s=2.0 "
+        "net.min-bps=1e4 net.max-bps=1e5 net.change-low-bps=-2e4 net.change-high-bps=2e4"
     )
     folders = []
     for name in ("first", "second"):
@@ -100,8 +103,11 @@ def test_same_seed_gives_identical_logs(tmp_path):
     )
     pd.testing.assert_frame_equal(first, second)
     assert first["test_accuracy"].iloc[-1] > first["test_accuracy"].iloc[0]
-    statuses = pd.read_csv(folders[0] / "bandwidth.csv").query("phase == 'train'")["status"]
-    assert set(statuses) == {"delivered", "partial"}
-    assert (folders[0] / "bandwidth.csv").read_bytes() == (
-        folders[1] / "bandwidth.csv"
-    ).read_bytes()
+    assert first["sim_time_s"].iloc[-1] > 0
+    train = pd.read_csv(folders[0] / "bandwidth.csv").query("phase == 'train'")
+    assert "partial" in set(train["status"])
+    assert set(train["status"]) <= {"delivered", "partial", "dropped"}
+    assert train["sim_end_s"].notna().all()
+    for name in ("bandwidth.csv", "channels.csv"):
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes()
+    assert (folders[0] / "channels.png").stat().st_size > 0
