@@ -11,6 +11,50 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 MAX_LEGEND_CLIENTS = 12
+MB = 1e6
+
+
+def write_run_plots(run_dir: Path) -> list[Path]:
+    """Every plot of a run folder: bytes, and on a simulated network, time and rates."""
+    run_dir = Path(run_dir)
+    paths = [plot_accuracy_vs_bytes(run_dir), plot_bytes_per_round(run_dir)]
+    if pd.read_csv(run_dir / "rounds.csv")["sim_time_s"].notna().any():
+        paths.append(plot_accuracy_vs_time(run_dir))
+    if (run_dir / "channels.csv").is_file():
+        paths.append(plot_channels(run_dir))
+    return paths
+
+
+def plot_accuracy_vs_bytes(run_dir: Path) -> Path:
+    """Test accuracy against the cumulative uplink bytes and against all bytes."""
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for axis, column, label in (
+        (axes[0], "cum_up_bytes", "cumulative uplink (MB)"),
+        (axes[1], "cum_bytes", "cumulative uplink + downlink (MB)"),
+    ):
+        axis.plot(rounds[column] / MB, rounds["test_accuracy"], marker="o", markersize=3)
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    figure.suptitle(f"Accuracy vs bytes: {run_dir.name}")
+    return _save(figure, run_dir / "accuracy_vs_bytes.png")
+
+
+def plot_bytes_per_round(run_dir: Path) -> Path:
+    """Bytes sent each round, uplink and downlink side by side."""
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    rounds = rounds[rounds["round"] > 0]
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    width = 0.4
+    axis.bar(rounds["round"] - width / 2, rounds["up_bytes"] / MB, width, label="uplink")
+    axis.bar(rounds["round"] + width / 2, rounds["down_bytes"] / MB, width, label="downlink")
+    axis.set_xlabel("round")
+    axis.set_ylabel("bytes per round (MB)")
+    axis.set_title(f"Bytes per round: {run_dir.name}")
+    axis.legend()
+    axis.grid(alpha=0.3, axis="y")
+    return _save(figure, run_dir / "bytes_per_round.png")
 
 
 def plot_channels(run_dir: Path) -> Path:

@@ -19,7 +19,7 @@ from flower_app.config import (
 )
 from flower_app.data import DatasetMissingError
 from flower_app.models import build_model
-from flower_app.plots import plot_accuracy_vs_time, plot_channels
+from flower_app.plots import write_run_plots
 from flower_app.recorder import Recorder
 from flower_app.task import evaluate, test_data
 from strategies import PRESETS
@@ -107,9 +107,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
         }
     )
     _log_formula(bandwidth)
-    if config.net.simulated:
-        plot_channels(run_dir)
-        plot_accuracy_vs_time(run_dir)
+    write_run_plots(run_dir)
     return run_dir
 
 
