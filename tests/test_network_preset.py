@@ -14,7 +14,9 @@ from flwr.app import ConfigRecord
 
 from fedcodec import quant
 from fedcodec.quant import QuantSpec
-from flower_app.config import ConfigError
+from flower_app.config import ConfigError, parse
+from netsim.rounds import Transfer
+from strategies.network import NetworkClock
 from tests.test_quant_preset import quant_strategy, run_round  # noqa: F401  (fixture)
 from tests.test_stc_preset import SHAPES, model
 from tests.test_strategy import (
@@ -193,3 +195,18 @@ def test_a_late_refinement_leaves_the_base(quant_strategy, tmp_path, policy, dea
     assert {int(r["payload_bits"]) for r in up} == {bits}
     assert bits == (105 * 2 if status == "partial" else 105 * 8) + 128
     np.testing.assert_allclose(new_global["w"] - start["w"], expected[0], atol=1e-5)
+
+
+def test_rayleigh_links_are_seeded_per_client(flat_config):
+    flat_config.update({"net.channel": "rayleigh", "net.policy": "wait"})
+    net = parse(flat_config).net
+    first, second = NetworkClock(net, seed=3), NetworkClock(net, seed=3)
+    for clock in (first, second):
+        clock.start([0, 1, 2])
+        clock.run_round([Transfer(p, 8_000_000, 100, 8_000_000) for p in range(3)], {0, 1, 2}, 3)
+    assert first.rate_rows() == second.rate_rows()
+    assert first.now == second.now > 0
+    up_rates = {
+        r["partition_id"]: r["rate_bps"] for r in first.rate_rows() if r["direction"] == "up"
+    }
+    assert len(set(up_rates.values())) == 3  # each client fades on its own
