@@ -290,8 +290,8 @@ def _net_config(get: _Getter) -> NetConfig:
             )
     if net.policy != "wait" and not net.simulated:
         raise ConfigError(
-            f"net.policy='{net.policy}' needs a simulated channel (net.channel='none'); "
-            f"allowed channels: {', '.join(CHANNELS[1:])}"
+            f"net.policy='{net.policy}' needs a simulated channel, but net.channel='none'; "
+            f"set net.channel to one of {', '.join(CHANNELS[1:])}"
         )
     if net.channel == "trace" and not Path(net.trace_file).is_file():
         raise ConfigError(

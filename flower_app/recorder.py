@@ -41,8 +41,6 @@ ROUND_COLUMNS = (
     "sim_time_s",
     "wall_s",
 )
-
-
 RATE_COLUMNS = ("partition_id", "direction", "start_s", "end_s", "rate_bps")
 
 
