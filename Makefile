@@ -8,7 +8,10 @@ TORCH := torch==2.13.0
 # Extra launcher flags, e.g. make run ARGS='--num-supernodes 10 --run-config "partitioner=\"iid\""'
 ARGS ?=
 
-.PHONY: install data run test bench lint format stop clean
+# The sweep file of `make compare`
+SWEEP ?= sweeps/default.toml
+
+.PHONY: install data run test compare bench lint format stop clean
 
 install: $(STAMP) data
 
@@ -33,6 +36,9 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+compare: install
+	$(PY) -m flower_app.sweep $(SWEEP)
 
 bench: install
 	$(PY) bench/bench_overhead.py

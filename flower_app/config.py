@@ -132,7 +132,7 @@ class ExperimentConfig:
 
     def to_flat(self) -> dict[str, Any]:
         """Return the config as Flower's flat kebab-case run-config (dotted sub-tables)."""
-        return _flatten(_kebab(asdict(self)))
+        return flatten(_kebab(asdict(self)))
 
 
 def _kebab(table: dict[str, Any]) -> dict[str, Any]:
@@ -146,15 +146,16 @@ def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
     """Read `[tool.flwr.app.config]` from pyproject.toml as a flat dict (dotted sub-tables)."""
     with path.open("rb") as file:
         table = tomllib.load(file)["tool"]["flwr"]["app"]["config"]
-    return _flatten(table)
+    return flatten(table)
 
 
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables as flat dotted keys: {"stc": {"p-up": 0.1}} -> {"stc.p-up": 0.1}."""
     flat: dict[str, Any] = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, prefix=f"{name}."))
+            flat.update(flatten(value, prefix=f"{name}."))
         else:
             flat[name] = value
     return flat

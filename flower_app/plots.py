@@ -93,3 +93,50 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_comparison(folder: Path, run_dirs: dict[str, list[Path]]) -> list[Path]:
+    """One figure per question, one line per run (the mean over its seeds' rounds)."""
+    means = {name: _mean_rounds(folders) for name, folders in run_dirs.items() if folders}
+    questions = [
+        ("cum_up_bytes", "cumulative uplink (MB, log scale)", "accuracy_vs_uplink.png"),
+        ("cum_bytes", "cumulative uplink + downlink (MB, log scale)", "accuracy_vs_total.png"),
+    ]
+    if any(rounds["sim_time_s"].notna().any() for rounds in means.values()):
+        questions.append(("sim_time_s", "simulated time (s)", "accuracy_vs_sim_time.png"))
+    paths = []
+    for column, label, filename in questions:
+        figure, axis = plt.subplots(figsize=(8, 5))
+        for name, rounds in means.items():
+            trained = rounds[rounds["round"] > 0]  # round 0 carries only the partition query
+            x = trained[column] / (MB if "bytes" in column else 1)
+            axis.plot(x, trained["test_accuracy"], marker="o", markersize=3, label=name)
+        if "bytes" in column:
+            axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("test accuracy")
+        axis.legend(fontsize="small")
+        axis.grid(alpha=0.3)
+        paths.append(_save(figure, folder / filename))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for axis, column, label in (
+        (axes[0], "up_bytes", "uplink"),
+        (axes[1], "down_bytes", "downlink"),
+    ):
+        for name, rounds in means.items():
+            trained = rounds[rounds["round"] > 0]
+            axis.plot(trained["round"], trained[column] / MB, marker="o", markersize=3, label=name)
+        axis.set_yscale("log")
+        axis.set_xlabel("round")
+        axis.set_title(f"{label} bytes per round")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("MB per round (log scale)")
+    axes[0].legend(fontsize="small")
+    paths.append(_save(figure, folder / "bytes_per_round.png"))
+    return paths
+
+
+def _mean_rounds(folders: list[Path]) -> pd.DataFrame:
+    """rounds.csv averaged round by round over several seeds' run folders."""
+    frames = [pd.read_csv(Path(folder) / "rounds.csv") for folder in folders]
+    return pd.concat(frames).groupby("round", as_index=False).mean(numeric_only=True)

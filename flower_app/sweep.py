@@ -1,0 +1,302 @@
+"""Run a set of experiments described in a TOML file and compare them.
+
+    python -m flower_app.sweep sweeps/default.toml
+
+The file (see sweeps/default.toml):
+
+    [sweep]
+    name = "default"            # the folder <output-dir>/<name>/
+    num-supernodes = 10
+    seeds = [42]
+    target-accuracy = 0.8
+    output-dir = "outputs/sweeps"
+
+    [common]                    # run-config keys every run shares
+    num-server-rounds = 10
+
+    [[runs]]                    # one entry per setting: a name and its run-config keys
+    name = "fedavg"
+    strategy = "fedavg"
+
+Every run (and seed) is validated before the first one starts; a run that fails later is
+reported and the sweep goes on; a run already finished in the sweep folder is reused, so a
+sweep that was stopped resumes where it was. The comparison (comparison.csv, comparison.md
+and plots) is written into the sweep folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flower_app.config import ConfigError, flatten, parse, resolve
+from flower_app.plots import plot_comparison
+from flower_app.report import summarize
+
+SWEEP_KEYS = {
+    "name": str,
+    "num-supernodes": int,
+    "seeds": list,
+    "target-accuracy": float,
+    "output-dir": str,
+}
+FIXED_KEYS = ("seed", "output-dir", "run-name")  # set by the sweep for each run
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: what to run, and where."""
+
+    name: str
+    num_supernodes: int
+    seeds: tuple[int, ...]
+    target_accuracy: float
+    folder: Path
+    runs: dict[str, dict[str, Any]]  # run name -> run-config overrides (common included)
+
+    def jobs(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """(run name, seed, overrides) for every run and seed, in file order."""
+        return [
+            (
+                name,
+                seed,
+                overrides
+                | {
+                    "seed": seed,
+                    "output-dir": str(self.folder),
+                    "run-name": run_folder_name(name, seed),
+                },
+            )
+            for name, overrides in self.runs.items()
+            for seed in self.seeds
+        ]
+
+
+def run_folder_name(name: str, seed: int) -> str:
+    """The run folder of one run and seed inside the sweep folder."""
+    return f"{name}-seed{seed}"
+
+
+def load_sweep(path: Path) -> Sweep:
+    """Read and validate a sweep file; every problem is a `ConfigError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file '{path}' does not exist")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"sweep file '{path}' is not valid TOML: {error}") from None
+    unknown = sorted(set(table) - {"sweep", "common", "runs"})
+    if unknown:
+        raise ConfigError(
+            f"sweep file '{path}': unknown table(s) {', '.join(unknown)}; "
+            "allowed: [sweep], [common], [[runs]]"
+        )
+    settings = _sweep_settings(path, table.get("sweep"))
+    common = table.get("common", {})
+    runs = table.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"sweep file '{path}' has no [[runs]]; give one or more")
+    overrides_by_name: dict[str, dict[str, Any]] = {}
+    for index, run in enumerate(runs, start=1):
+        run = dict(run)
+        name = run.pop("name", None)
+        where = f"sweep file '{path}', run {index}"
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(f"{where}: name={name!r}; give each run a name (no '/')")
+        if name in overrides_by_name:
+            raise ConfigError(f"{where}: the name '{name}' is used twice")
+        overrides = flatten(common) | flatten(run)
+        fixed = sorted(set(overrides) & set(FIXED_KEYS))
+        if fixed:
+            raise ConfigError(f"{where} ('{name}'): {', '.join(fixed)} are set by the sweep")
+        overrides_by_name[name] = overrides
+    sweep = Sweep(
+        name=settings["name"],
+        num_supernodes=settings["num-supernodes"],
+        seeds=tuple(settings["seeds"]),
+        target_accuracy=settings["target-accuracy"],
+        folder=Path(settings["output-dir"]).resolve() / settings["name"],
+        runs=overrides_by_name,
+    )
+    for name, seed, overrides in sweep.jobs():
+        try:
+            parse(resolve(overrides))
+        except ConfigError as error:
+            raise ConfigError(f"sweep file '{path}', run '{name}' (seed {seed}): {error}") from None
+    return sweep
+
+
+def _sweep_settings(path: Path, settings: Any) -> dict[str, Any]:
+    if not isinstance(settings, dict):
+        raise ConfigError(f"sweep file '{path}' has no [sweep] table")
+    unknown = sorted(set(settings) - set(SWEEP_KEYS))
+    missing = sorted(set(SWEEP_KEYS) - set(settings))
+    if unknown or missing:
+        raise ConfigError(
+            f"sweep file '{path}', [sweep]: "
+            + "; ".join(
+                part
+                for part in (
+                    f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+                    f"missing key(s) {', '.join(missing)}" if missing else "",
+                )
+                if part
+            )
+            + f"; keys: {', '.join(SWEEP_KEYS)}"
+        )
+    for key, kind in SWEEP_KEYS.items():
+        value = settings[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(
+                f"sweep file '{path}', [sweep]: {key}={value!r} must be a {kind.__name__}"
+            )
+        settings[key] = value
+    seeds = settings["seeds"]
+    if not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    ):
+        raise ConfigError(f"sweep file '{path}', [sweep]: seeds={seeds!r}; allowed: integers >= 0")
+    if settings["num-supernodes"] < 1 or not 0 < settings["target-accuracy"] <= 1:
+        raise ConfigError(
+            f"sweep file '{path}', [sweep]: num-supernodes={settings['num-supernodes']}, "
+            f"target-accuracy={settings['target-accuracy']}; allowed: >= 1 and (0, 1]"
+        )
+    return settings
+
+
+def compare(
+    run_dirs: dict[str, list[Path]], target_accuracy: float, baseline: str | None
+) -> pd.DataFrame:
+    """One row per run name: means (and spread) over its seeds' finished runs.
+
+    `baseline` names the run whose bytes the `x_fewer` columns divide by (FedAvg).
+    """
+    rows = []
+    for name, folders in run_dirs.items():
+        summaries = pd.DataFrame([summarize(folder, target_accuracy) for folder in folders])
+        reached = summaries["to_target_round"].notna()
+        rows.append(
+            {
+                "run": name,
+                "seeds": len(summaries),
+                "final_accuracy": summaries["final_accuracy"].mean(),
+                "final_accuracy_std": summaries["final_accuracy"].std(ddof=0),
+                "reached_target": f"{int(reached.sum())}/{len(summaries)}",
+                "rounds_to_target": _mean_if_all(summaries["to_target_round"], reached),
+                "up_bytes_to_target": _mean_if_all(summaries["to_target_up_bytes"], reached),
+                "total_bytes_to_target": _mean_if_all(summaries["to_target_total_bytes"], reached),
+                "sim_time_to_target_s": _mean_if_all(summaries["to_target_sim_time_s"], reached),
+                "up_bytes": summaries["up_bytes"].mean(),
+                "down_bytes": summaries["down_bytes"].mean(),
+                "total_bytes": summaries["total_bytes"].mean(),
+                "sim_time_s": summaries["sim_time_s"].astype(float).mean(),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if baseline is not None and baseline in set(table["run"]):
+        base = table.set_index("run").loc[baseline]
+        table["up_x_fewer"] = base["up_bytes"] / table["up_bytes"]
+        table["total_x_fewer"] = base["total_bytes"] / table["total_bytes"]
+    return table
+
+
+def _mean_if_all(values: pd.Series, reached: pd.Series) -> float:
+    """The mean over seeds when every seed reached the target, else NaN."""
+    return float(values.astype(float).mean()) if reached.all() else float("nan")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (no extra dependency)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return (
+                "-" if value != value else f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+            )
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def baseline_run(sweep: Sweep) -> str | None:
+    """The first run whose strategy is FedAvg (the byte baseline)."""
+    for name, overrides in sweep.runs.items():
+        if parse(resolve(overrides)).strategy == "fedavg":
+            return name
+    return None
+
+
+def run_sweep(sweep: Sweep) -> pd.DataFrame:
+    """Run every job in order (a failure is reported and skipped), then compare."""
+    from flower_app.simulation import run_experiment  # imports Flower: only when running
+
+    jobs = sweep.jobs()
+    done: dict[str, list[Path]] = {}
+    failed: list[str] = []
+    started = time.perf_counter()
+    for index, (name, seed, overrides) in enumerate(jobs, start=1):
+        elapsed = time.perf_counter() - started
+        left = elapsed / (index - 1) * (len(jobs) - index + 1) if index > 1 else float("nan")
+        print(
+            f"[sweep {sweep.name}] run {index}/{len(jobs)}: {name} seed {seed} "
+            f"(elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left)",
+            flush=True,
+        )
+        finished = sweep.folder / run_folder_name(name, seed)
+        if (finished / "summary.json").is_file():
+            print(f"[sweep {sweep.name}] {finished} is already finished: reused", flush=True)
+            done.setdefault(name, []).append(finished)
+            continue
+        try:
+            done.setdefault(name, []).append(run_experiment(overrides, sweep.num_supernodes))
+        except Exception as error:  # noqa: BLE001  (a failed run must not stop the sweep)
+            print(f"[sweep {sweep.name}] run {name} seed {seed} FAILED: {error}", flush=True)
+            failed.append(run_folder_name(name, seed))
+    table = compare(done, sweep.target_accuracy, baseline_run(sweep))
+    write_comparison(sweep.folder, table, done, failed)
+    return table
+
+
+def write_comparison(
+    folder: Path, table: pd.DataFrame, run_dirs: dict[str, list[Path]], failed: list[str]
+) -> list[Path]:
+    """comparison.csv, comparison.md and the comparison plots in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "comparison.csv", index=False)
+    note = f"\nFailed runs (left out): {', '.join(failed)}\n" if failed else ""
+    (folder / "comparison.md").write_text(to_markdown(table) + note, encoding="utf-8")
+    return [folder / "comparison.csv", folder / "comparison.md", *plot_comparison(folder, run_dirs)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run a sweep file; a bad file is one line and exit code 2."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_file", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep_file)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = run_sweep(sweep)
+    print(to_markdown(table))
+    print(f"sweep folder: {sweep.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The sweep file parser and the comparison table, without running Flower."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from flower_app.config import ConfigError
+from flower_app.sweep import compare, load_sweep, to_markdown, write_comparison
+from tests.test_report import HEADER, ROUNDS
+
+SWEEP = """
+[sweep]
+name = "small"
+num-supernodes = 4
+seeds = [1, 2]
+target-accuracy = 0.7
+output-dir = "{out}"
+
+[common]
+dataset = "synthetic"
+model = "logistic"
+net.channel = "random-walk"
+
+[[runs]]
+name = "fedavg"
+strategy = "fedavg"
+
+[[runs]]
+name = "stc"
+strategy = "stc"
+stc = {{ p-up = 0.1 }}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "sweep.toml"
+    path.write_text(text.format(out=tmp_path / "out"))
+    return path
+
+
+def test_a_sweep_file_becomes_one_job_per_run_and_seed(tmp_path):
+    sweep = load_sweep(write(tmp_path, SWEEP))
+    assert sweep.folder == (tmp_path / "out" / "small").resolve()
+    jobs = sweep.jobs()
+    assert [(name, seed) for name, seed, _ in jobs] == [
+        ("fedavg", 1),
+        ("fedavg", 2),
+        ("stc", 1),
+        ("stc", 2),
+    ]
+    name, seed, overrides = jobs[3]
+    assert overrides == {
+        "dataset": "synthetic",
+        "model": "logistic",
+        "net.channel": "random-walk",
+        "strategy": "stc",
+        "stc.p-up": 0.1,
+        "seed": 2,
+        "output-dir": str(sweep.folder),
+        "run-name": "stc-seed2",
+    }
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("[sweep]", "[sweeps]"), "unknown table(s) sweeps"),
+        (lambda t: t + "\n[oops\n", "is not valid TOML"),
+        (lambda t: t.replace('name = "small"\n', ""), "[sweep]: missing key(s) name"),
+        (lambda t: t.replace("num-supernodes = 4", "clients = 4"), "unknown key(s) clients"),
+        (lambda t: t.replace("seeds = [1, 2]", "seeds = 3"), "seeds=3 must be a list"),
+        (lambda t: t.replace("seeds = [1, 2]", "seeds = [-1]"), "seeds=[-1]; allowed"),
+        (lambda t: t.replace("target-accuracy = 0.7", "target-accuracy = 2.0"), "(0, 1]"),
+        (lambda t: t.split("[[runs]]")[0], "has no [[runs]]"),
+        (lambda t: t.replace('name = "stc"', 'name = "fedavg"'), "'fedavg' is used twice"),
+        (lambda t: t.replace('name = "stc"\n', ""), "run 2: name=None; give each run a name"),
+        (lambda t: t + "seed = 5\n", "run 2 ('stc'): seed are set by the sweep"),
+        (
+            lambda t: t.replace("p-up = 0.1", "p-up = 1.5"),
+            "run 'stc' (seed 1): stc.p-up=1.5 is out of range; allowed: (0, 1]",
+        ),
+        (lambda t: t + "lrr = 0.1\n", "run 'stc' (seed 1): unknown run-config key 'lrr'"),
+    ],
+)
+def test_a_bad_sweep_file_is_one_clear_error(tmp_path, edit, message):
+    with pytest.raises(ConfigError) as error:
+        load_sweep(write(tmp_path, edit(SWEEP)))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_missing_sweep_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_sweep(tmp_path / "nope.toml")
+
+
+def make_run(folder, accuracy_scale=1.0, byte_scale=1):
+    """A hand-made run: test_report's rounds, accuracies and bytes scaled."""
+    folder.mkdir(parents=True)
+    lines = ROUNDS.splitlines()
+    rows = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split(",")
+        for i in range(3, 8):  # up, down, cum up, cum down, cum bytes
+            cells[i] = str(int(cells[i]) // byte_scale)
+        cells[10] = str(round(float(cells[10]) * accuracy_scale, 6))
+        rows.append(",".join(cells))
+    (folder / "rounds.csv").write_text("\n".join(rows) + "\n")
+    (folder / "bandwidth.csv").write_text(HEADER + "\n")
+    return folder
+
+
+def test_comparison_of_two_small_hand_made_runs(tmp_path):
+    # Prepare: "dense" over two seeds; "sparse" with 10x fewer bytes and lower accuracy.
+    # Accuracies per round 0.10, 0.55, 0.72, 0.70; cum bytes up 3100, total 15100.
+    runs = {
+        "dense": [make_run(tmp_path / "d1"), make_run(tmp_path / "d2", accuracy_scale=0.9)],
+        "sparse": [make_run(tmp_path / "s1", accuracy_scale=0.95, byte_scale=10)],
+    }
+    # Execute
+    table = compare(runs, target_accuracy=0.68, baseline="dense").set_index("run")
+    # Assert: dense seeds end at 0.70 and 0.63 -> mean 0.665, spread 0.035
+    assert table.loc["dense", "final_accuracy"] == pytest.approx(0.665)
+    assert table.loc["dense", "final_accuracy_std"] == pytest.approx(0.035)
+    # 0.68 is reached by seed 1 in round 2 (0.72) but never by seed 2 (best 0.648)
+    assert table.loc["dense", "reached_target"] == "1/2"
+    assert math.isnan(table.loc["dense", "rounds_to_target"])
+    # sparse: 0.72 x 0.95 = 0.684 in round 2, at 2100 // 10 = 210 uplink bytes
+    assert table.loc["sparse", "reached_target"] == "1/1"
+    assert table.loc["sparse", "rounds_to_target"] == 2
+    assert table.loc["sparse", "up_bytes_to_target"] == 210
+    assert table.loc["sparse", "sim_time_to_target_s"] == 55.5
+    # bytes: 3100 // 10 = 310 up, 15100 // 10 = 1510 total
+    assert table.loc["sparse", "up_x_fewer"] == pytest.approx(3100 / 310)
+    assert table.loc["sparse", "total_x_fewer"] == pytest.approx(15100 / 1510)
+    assert table.loc["dense", "up_x_fewer"] == 1.0
+
+
+def test_comparison_files_and_plots(tmp_path):
+    runs = {"dense": [make_run(tmp_path / "d1")], "sparse": [make_run(tmp_path / "s1", 1, 10)]}
+    table = compare(runs, target_accuracy=0.7, baseline="dense")
+    written = write_comparison(tmp_path / "sweep", table, runs, failed=["broken-seed1"])
+    names = {path.name for path in written}
+    assert {"comparison.csv", "comparison.md", "accuracy_vs_uplink.png"} <= names
+    assert {"accuracy_vs_total.png", "accuracy_vs_sim_time.png", "bytes_per_round.png"} <= names
+    markdown = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert markdown.startswith("| run | seeds | final_accuracy |")
+    assert "| sparse | 1 | 0.7 |" in markdown
+    assert "Failed runs (left out): broken-seed1" in markdown
+    assert to_markdown(table).count("\n") == 4  # header, rule, two rows
