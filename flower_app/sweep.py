@@ -139,18 +139,11 @@ def _sweep_settings(path: Path, settings: Any) -> dict[str, Any]:
         raise ConfigError(f"sweep file '{path}' has no [sweep] table")
     unknown = sorted(set(settings) - set(SWEEP_KEYS))
     missing = sorted(set(SWEEP_KEYS) - set(settings))
-    if unknown or missing:
+    problems = [f"unknown key(s) {', '.join(unknown)}"] if unknown else []
+    problems += [f"missing key(s) {', '.join(missing)}"] if missing else []
+    if problems:
         raise ConfigError(
-            f"sweep file '{path}', [sweep]: "
-            + "; ".join(
-                part
-                for part in (
-                    f"unknown key(s) {', '.join(unknown)}" if unknown else "",
-                    f"missing key(s) {', '.join(missing)}" if missing else "",
-                )
-                if part
-            )
-            + f"; keys: {', '.join(SWEEP_KEYS)}"
+            f"sweep file '{path}', [sweep]: {'; '.join(problems)}; keys: {', '.join(SWEEP_KEYS)}"
         )
     for key, kind in SWEEP_KEYS.items():
         value = settings[key]
@@ -250,10 +243,14 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
     started = time.perf_counter()
     for index, (name, seed, overrides) in enumerate(jobs, start=1):
         elapsed = time.perf_counter() - started
-        left = elapsed / (index - 1) * (len(jobs) - index + 1) if index > 1 else float("nan")
+        left = (
+            f"about {elapsed / (index - 1) * (len(jobs) - index + 1) / 60:.1f} min left"
+            if index > 1
+            else "time left known after the first run"
+        )
         print(
             f"[sweep {sweep.name}] run {index}/{len(jobs)}: {name} seed {seed} "
-            f"(elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left)",
+            f"(elapsed {elapsed / 60:.1f} min, {left})",
             flush=True,
         )
         finished = sweep.folder / run_folder_name(name, seed)
