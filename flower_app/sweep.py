@@ -196,7 +196,7 @@ def compare(
             }
         )
     table = pd.DataFrame(rows)
-    if baseline is not None and baseline in set(table["run"]):
+    if baseline is not None and not table.empty and baseline in set(table["run"]):
         base = table.set_index("run").loc[baseline]
         table["up_x_fewer"] = base["up_bytes"] / table["up_bytes"]
         table["total_x_fewer"] = base["total_bytes"] / table["total_bytes"]
@@ -259,10 +259,12 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
             done.setdefault(name, []).append(finished)
             continue
         try:
-            done.setdefault(name, []).append(run_experiment(overrides, sweep.num_supernodes))
+            run_dir = run_experiment(overrides, sweep.num_supernodes)
         except Exception as error:  # noqa: BLE001  (a failed run must not stop the sweep)
             print(f"[sweep {sweep.name}] run {name} seed {seed} FAILED: {error}", flush=True)
             failed.append(run_folder_name(name, seed))
+            continue
+        done.setdefault(name, []).append(run_dir)
     table = compare(done, sweep.target_accuracy, baseline_run(sweep))
     write_comparison(sweep.folder, table, done, failed)
     return table

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from flower_app import simulation
 from flower_app.config import ConfigError
-from flower_app.sweep import compare, load_sweep, to_markdown, write_comparison
+from flower_app.sweep import compare, load_sweep, run_sweep, to_markdown, write_comparison
 from tests.test_report import HEADER, ROUNDS
 
 SWEEP = """
@@ -150,3 +151,32 @@ def test_comparison_files_and_plots(tmp_path):
     assert "| sparse | 1 | 0.7 |" in markdown
     assert "Failed runs (left out): broken-seed1" in markdown
     assert to_markdown(table).count("\n") == 4  # header, rule, two rows
+
+
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    # Prepare: the fedavg runs "train" (a hand-made folder), stc raises; fedavg seed 1 was
+    # already finished by an earlier, stopped sweep
+    sweep = load_sweep(write(tmp_path, SWEEP))
+    make_run(sweep.folder / "fedavg-seed1")
+    (sweep.folder / "fedavg-seed1" / "summary.json").write_text("{}")
+    calls = []
+
+    def fake_run(overrides, num_supernodes):
+        calls.append(overrides["run-name"])
+        if overrides["strategy"] == "stc":
+            raise RuntimeError("the run did not finish")
+        return make_run(sweep.folder / overrides["run-name"], accuracy_scale=0.9)
+
+    monkeypatch.setattr(simulation, "run_experiment", fake_run)
+    # Execute
+    table = run_sweep(sweep)
+    # Assert
+    assert calls == ["fedavg-seed2", "stc-seed1", "stc-seed2"]
+    assert table["run"].tolist() == ["fedavg"]
+    assert table.loc[0, "seeds"] == 2
+    out = capsys.readouterr().out
+    assert "run 3/4: stc seed 1" in out
+    assert "run stc seed 1 FAILED: the run did not finish" in out
+    assert "fedavg-seed1 is already finished: reused" in out
+    markdown = (sweep.folder / "comparison.md").read_text()
+    assert "Failed runs (left out): stc-seed1, stc-seed2" in markdown
