@@ -19,7 +19,7 @@ from fedcodec import quant
 from fedcodec.encoded import Encoded
 from fedcodec.quant import QuantSpec
 from mods import keys
-from mods.uplink import codec_config, encode_update, to_record, uplink_rng
+from mods.uplink import codec_config, train_and_encode, uplink_rng
 
 CODEC = "quant"
 
@@ -30,26 +30,18 @@ def quant_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if config is None:
         return call_next(msg, context)
     received = receive_model(msg.content)
-    msg.content[keys.ARRAYS] = to_record(received)
-    reply = call_next(msg, context)
-    if reply.has_error():
-        return reply
-    trained = reply.content[keys.ARRAYS]
-    update = {name: trained[name].numpy() - value for name, value in received.items()}
     spec = spec_from_config(config)
     rng = uplink_rng(config, context)
     shapes = [value.shape for value in received.values()]
-    encoded = encode_update(
-        update,
+    return train_and_encode(
+        msg,
+        context,
+        call_next,
+        received,
         lambda tensors: quant.encode(tensors, spec, rng),
         lambda result: quant.decode(result, shapes, spec),
-        context,
         keys.STATE_QUANT_RESIDUAL if config[keys.QUANT_ERROR_FEEDBACK] else None,
     )
-    reply.content[keys.ARRAYS] = ArrayRecord(
-        {name: Array(array) for name, array in encoded.arrays.items()}
-    )
-    return reply
 
 
 def spec_config(spec: QuantSpec, error_feedback: bool) -> dict[str, Any]:

@@ -10,12 +10,12 @@ of the dense model. Settings come from the message's ConfigRecord, read at call 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec import stc
 from mods import keys
-from mods.uplink import codec_config, encode_update, to_record, uplink_rng
+from mods.uplink import codec_config, to_record, train_and_encode, uplink_rng
 
 
 def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -24,26 +24,18 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
     if config is None:
         return call_next(msg, context)
     received = receive_model(msg, context)
-    msg.content[keys.ARRAYS] = to_record(received)
-    reply = call_next(msg, context)
-    if reply.has_error():
-        return reply
-    trained = reply.content[keys.ARRAYS]
-    update = {name: trained[name].numpy() - value for name, value in received.items()}
     rng = uplink_rng(config, context)
     p, approx = float(config[keys.STC_P_UP]), float(config[keys.STC_APPROX])
     shapes = [value.shape for value in received.values()]
-    encoded = encode_update(
-        update,
+    return train_and_encode(
+        msg,
+        context,
+        call_next,
+        received,
         lambda tensors: stc.encode(tensors, p, approx=approx, rng=rng),
         lambda result: stc.decode(result, shapes),
-        context,
         keys.STATE_RESIDUAL if config[keys.STC_ACCUMULATE_UP] else None,
     )
-    reply.content[keys.ARRAYS] = ArrayRecord(
-        {name: Array(array) for name, array in encoded.arrays.items()}
-    )
-    return reply
 
 
 def receive_model(msg: Message, context: Context) -> dict[str, np.ndarray]:

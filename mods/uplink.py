@@ -1,4 +1,4 @@
-"""What the codec mods share: records of numpy arrays and an update encoded with error feedback."""
+"""What the codec mods share: training from the received model, encoding with error feedback."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec.encoded import Encoded
 from fedcodec.feedback import error_feedback_step
@@ -71,3 +72,26 @@ def encode_update(
     _, new_residual = error_feedback_step(residual, tensors, compress)
     context.state[residual_key] = to_record(dict(zip(update, new_residual, strict=True)))
     return captured[-1]
+
+
+def train_and_encode(
+    msg: Message,
+    context: Context,
+    call_next: ClientAppCallable,
+    received: dict[str, np.ndarray],
+    encode: Callable[[Tensors], Encoded],
+    decode: Callable[[Encoded], Tensors],
+    residual_key: str | None,
+) -> Message:
+    """Train from `received`; the reply carries the encoded update in place of the model."""
+    msg.content[keys.ARRAYS] = to_record(received)
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    trained = reply.content[keys.ARRAYS]
+    update = {name: trained[name].numpy() - value for name, value in received.items()}
+    encoded = encode_update(update, encode, decode, context, residual_key)
+    reply.content[keys.ARRAYS] = ArrayRecord(
+        {name: Array(array) for name, array in encoded.arrays.items()}
+    )
+    return reply
