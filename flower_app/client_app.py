@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from flower_app.config import ExperimentConfig, parse
 from flower_app.models import build_model
-from flower_app.task import client_data, evaluate, local_train
+from flower_app.task import Tensors, client_data, compute_device, evaluate, local_train
 from mods import keys
 from mods.quant_mod import quant_mod
 from mods.size_mod import payload_size_mod
@@ -41,9 +41,7 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     def train_handler(msg: Message, context: Context) -> Message:
         config, partition_id, num_partitions = setup(context)
         server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
-        model = build_model(config.model, config.seed)
-        model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
-        data = client_data(config, partition_id, num_partitions)
+        model, data = received_model_and_data(msg, config, partition_id, num_partitions)
         loss = local_train(model, data, config, server_round, partition_id)
         metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data)})
         content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.METRICS: metrics})
@@ -52,9 +50,7 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate_handler(msg: Message, context: Context) -> Message:
         config, partition_id, num_partitions = setup(context)
-        model = build_model(config.model, config.seed)
-        model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
-        data = client_data(config, partition_id, num_partitions)
+        model, data = received_model_and_data(msg, config, partition_id, num_partitions)
         loss, accuracy = evaluate(model, data)
         metrics = MetricRecord(
             {keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: accuracy, keys.NUM_EXAMPLES: len(data)}
@@ -62,6 +58,16 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
         return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
 
     return app
+
+
+def received_model_and_data(
+    msg: Message, config: ExperimentConfig, partition_id: int, num_partitions: int
+) -> tuple[torch.nn.Module, Tensors]:
+    """The model the server sent and this client's data, both on the configured device."""
+    device = compute_device(config.device)
+    model = build_model(config.model, config.seed).to(device)
+    model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    return model, client_data(config, partition_id, num_partitions).to(device)
 
 
 app = make_client_app()

@@ -25,6 +25,7 @@ PARTITIONERS = ("iid", "dirichlet", "classes")
 QUANT_SCHEMES = ("uniform", "fixed", "progressive", "float", "e4m3", "e5m2")
 FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
 CHANNELS = ("none", "random-walk", "rayleigh", "trace")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
@@ -124,6 +125,7 @@ class ExperimentConfig:
     lr: float
     momentum: float
     seed: int
+    device: str
     output_dir: str
     run_name: str
     stc: StcConfig
@@ -193,6 +195,7 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
         lr=get.number("lr", low=0.0, low_open=True),
         momentum=get.number("momentum", low=0.0, high=1.0, high_open=True),
         seed=get.integer("seed", low=0),
+        device=get.choice("device", DEVICES),
         output_dir=get.string("output-dir"),
         run_name=get.string("run-name"),
         stc=StcConfig(

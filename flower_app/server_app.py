@@ -21,7 +21,7 @@ from flower_app.data import DatasetMissingError
 from flower_app.models import build_model
 from flower_app.plots import write_run_plots
 from flower_app.recorder import Recorder
-from flower_app.task import evaluate, test_data
+from flower_app.task import compute_device, evaluate, test_data
 from strategies import PRESETS
 from strategies.accounting import dense_bytes
 
@@ -46,7 +46,8 @@ def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
 def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     """Run one experiment over `grid` and return its run folder."""
     config = parse(flat_config)
-    test = test_data(config.dataset, config.data_dir, config.seed)  # fails fast if missing
+    device = compute_device(config.device)
+    test = test_data(config.dataset, config.data_dir, config.seed).to(device)  # fails if missing
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
     recorder = Recorder(run_dir)
     recorder.write_config(config.to_flat() | {"run-dir": str(run_dir)})
@@ -54,6 +55,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     model = build_model(config.model, config.seed)
     initial = ArrayRecord(model.state_dict())
     model_bytes = dense_bytes(initial)
+    model.to(device)  # for the central evaluation
     strategy = PRESETS[config.strategy](config, recorder)
     clients = strategy.discover_partitions(grid)
     _check_selection(config, clients)

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
 from flower_app.data import DatasetMissingError
-from flower_app.task import test_data
+from flower_app.task import compute_device, test_data
 from strategies.network import check_network
 
 REPO = PYPROJECT.parent
@@ -45,7 +47,7 @@ def run_experiment(
     client_cpus : float
         CPUs reserved per client; with 2 cores, 1.0 runs two clients at a time.
     client_gpus : float, optional
-        GPU fraction per client; defaults to 0.2 when CUDA is available, else 0.
+        GPU fraction per client; defaults to 0.2 when clients train on CUDA, else 0.
 
     Raises
     ------
@@ -57,6 +59,7 @@ def run_experiment(
     if num_supernodes < 1:
         raise ConfigError(f"num-supernodes={num_supernodes} is out of range; allowed: >= 1")
     test_data(config.dataset, config.data_dir, config.seed)  # a missing dataset fails here
+    gpus = _gpu_fraction(client_gpus, compute_device(config.device))
     check_network(config.net, config.seed, num_supernodes)
     flat["run-name"] = default_run_name(config)
     flat["output-dir"] = str(Path(config.output_dir).resolve())
@@ -72,9 +75,7 @@ def run_experiment(
         server_app=make_server_app(flat),
         client_app=make_client_app(flat),
         num_supernodes=num_supernodes,
-        backend_config={
-            "client_resources": {"num_cpus": client_cpus, "num_gpus": _gpu_fraction(client_gpus)}
-        },
+        backend_config={"client_resources": {"num_cpus": client_cpus, "num_gpus": gpus}},
     )
     run_dir = Path(flat["output-dir"]) / flat["run-name"]
     if not (run_dir / "summary.json").exists():
@@ -82,12 +83,10 @@ def run_experiment(
     return run_dir
 
 
-def _gpu_fraction(requested: float | None) -> float:
+def _gpu_fraction(requested: float | None, device: torch.device) -> float:
     if requested is not None:
         return requested
-    import torch
-
-    return DEFAULT_GPU_FRACTION if torch.cuda.is_available() else 0.0
+    return DEFAULT_GPU_FRACTION if device.type == "cuda" else 0.0
 
 
 def parse_run_config(text: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flower_app.config import ExperimentConfig
+from flower_app.config import ConfigError, ExperimentConfig
 from flower_app.data import load_dataset
 from flower_app.partition import split_indices
 
@@ -27,6 +27,24 @@ class Tensors:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def to(self, device: torch.device) -> Tensors:
+        """The same tensors on `device` (no copy when they are there already)."""
+        return Tensors(self.images.to(device), self.labels.to(device))
+
+
+def compute_device(name: str) -> torch.device:
+    """The torch device for the run-config's `device`: "auto" takes CUDA when present.
+
+    Raises
+    ------
+    ConfigError
+        For "cuda" on a machine without CUDA.
+    """
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise ConfigError("device='cuda' but CUDA is not available here; allowed: auto, cpu")
+    return torch.device("cuda" if cuda and name != "cpu" else "cpu")
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray) -> Tensors:

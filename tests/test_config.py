@@ -34,6 +34,7 @@ def test_pyproject_defaults_parse():
         ("lr", 0, "lr=0 is out of range; allowed: (0, inf)"),
         ("batch-size", 2.5, "batch-size=2.5 must be an integer >= 1"),
         ("model", 3, "model=3 must be a string"),
+        ("device", "gpu", "device='gpu' is not known; allowed: auto, cpu, cuda"),
         ("data-dir", "/no/such/folder", "data-dir='/no/such/folder' is not a folder"),
         ("stc.p-up", 0.0, "stc.p-up=0.0 is out of range; allowed: (0, 1]"),
         ("stc.p-down", 1.5, "stc.p-down=1.5 is out of range; allowed: (0, 1]"),

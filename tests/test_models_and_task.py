@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flower_app.config import parse
+from flower_app.config import ConfigError, parse
 from flower_app.data import synthetic_dataset
 from flower_app.models import build_model
 from flower_app.task import (
     client_data,
+    compute_device,
     evaluate,
     minibatches,
     round_generator,
@@ -87,3 +88,11 @@ def test_samples_processed_counts_what_minibatches_yield(epochs, steps, expected
     generator = torch.Generator().manual_seed(0)
     yielded = sum(len(b) for b in minibatches(120, 50, epochs, steps, generator))
     assert samples_processed(120, 50, epochs, steps) == yielded == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_device_falls_back_to_cpu_and_cuda_without_cuda_is_a_config_error():
+    assert compute_device("auto") == torch.device("cpu")
+    assert compute_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device='cuda' but CUDA is not available here"):
+        compute_device("cuda")
