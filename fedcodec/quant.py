@@ -31,6 +31,7 @@ import numpy as np
 
 from fedcodec.bitpack import pack_codes, unpack_codes
 from fedcodec.encoded import Encoded
+from fedcodec.flat import unflatten
 
 ARRAYS = {
     "uniform": ("codes", "lows", "steps"),
@@ -158,13 +159,13 @@ def decode_arrays(
             out *= scale
             out.view(np.uint32)[:] |= signs[part].astype(np.uint32) << 31  # the sign bit
 
-        return _split(_values(sizes, fixed_values), shapes), count * (spec.bits + 1)
+        return unflatten(_values(sizes, fixed_values), shapes), count * (spec.bits + 1)
     if spec.scheme == "float":
         width = 1 + spec.exponent_bits + spec.mantissa_bits
         codes = unpack_codes(_get(arrays, "codes"), width, count)
         offsets = _header(arrays, "offsets", len(shapes))
         values = _float_values(codes, offsets, sizes, spec.exponent_bits, spec.mantissa_bits)
-        return _split(values, shapes), count * width + OFFSET_HEADER_BITS * len(shapes)
+        return unflatten(values, shapes), count * width + OFFSET_HEADER_BITS * len(shapes)
     lows, steps = _header(arrays, "lows", len(shapes)), _header(arrays, "steps", len(shapes))
     header_bits = SCALE_HEADER_BITS * len(shapes)
     if spec.scheme == "uniform":
@@ -188,7 +189,7 @@ def decode_arrays(
         out *= steps[index]
         out += lows[index]
 
-    return _split(_values(sizes, uniform_values), shapes), bits
+    return unflatten(_values(sizes, uniform_values), shapes), bits
 
 
 def array_names(spec: QuantSpec) -> tuple[str, ...]:
@@ -389,13 +390,3 @@ def _header(arrays: dict[str, np.ndarray], name: str, tensors: int) -> np.ndarra
     if values.shape != (tensors,):
         raise ValueError(f"'{name}' has shape {values.shape}; the model has {tensors} tensors")
     return values
-
-
-def _split(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Views of `flat` in the given shapes, in order."""
-    tensors, start = [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        tensors.append(flat[start : start + size].reshape(shape))
-        start += size
-    return tensors

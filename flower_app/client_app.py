@@ -12,6 +12,7 @@ from flower_app.config import ExperimentConfig, parse
 from flower_app.models import build_model
 from flower_app.task import Tensors, client_data, compute_device, evaluate, local_train
 from mods import keys
+from mods.qsfl_mod import qsfl_mod, upload_segment
 from mods.quant_mod import quant_mod
 from mods.size_mod import payload_size_mod
 from mods.stc_mod import stc_mod
@@ -20,7 +21,8 @@ from mods.stc_mod import stc_mod
 def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
     # the size mod first: it measures the message before decoding and the reply after encoding
-    app = ClientApp(mods=[payload_size_mod, stc_mod, quant_mod])
+    app = ClientApp(mods=[payload_size_mod, stc_mod, quant_mod, qsfl_mod])
+    app.train("upload")(upload_segment)  # QSFL's phase 2: message type "train.upload"
 
     def setup(context: Context) -> tuple[ExperimentConfig, int, int]:
         torch.set_num_threads(1)  # one CPU per simulated client; several run side by side

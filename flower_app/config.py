@@ -18,14 +18,16 @@ from netsim.rounds import POLICIES
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
-STRATEGIES = ("fedavg", "stc", "quant")
-MODELS = ("cnn", "logistic")
+STRATEGIES = ("fedavg", "stc", "quant", "qsfl")
+MODEL_PARAMETERS = {"cnn": 1_663_370, "logistic": 7_850}  # tested against flower_app.models
+MODELS = tuple(MODEL_PARAMETERS)
 DATASETS = ("fashion-mnist", "mnist", "synthetic")
 PARTITIONERS = ("iid", "dirichlet", "classes")
 QUANT_SCHEMES = ("uniform", "fixed", "progressive", "float", "e4m3", "e5m2")
 FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
 CHANNELS = ("none", "random-walk", "rayleigh", "trace")
 DEVICES = ("auto", "cpu", "cuda")
+RELEVANCE = ("update", "weights")
 
 
 class ConfigError(ValueError):
@@ -73,6 +75,18 @@ class QuantConfig:
             mantissa_bits=mantissa,
             stochastic=self.stochastic,
         )
+
+
+@dataclass(frozen=True)
+class QsflConfig:
+    """`qsfl.*`: quality-based selection and one-segment uploads (used when strategy = "qsfl")."""
+
+    beta: float
+    upload_fraction: float
+    num_segments: int
+    top_p: float
+    relevance: str
+    ensure_coverage: bool
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,7 @@ class ExperimentConfig:
     run_name: str
     stc: StcConfig
     quant: QuantConfig
+    qsfl: QsflConfig
     net: NetConfig
 
     def to_flat(self) -> dict[str, Any]:
@@ -206,8 +221,27 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
             approx=get.number("stc.approx", low=0.0, high=1.0, low_open=True),
         ),
         quant=_quant_config(get),
+        qsfl=QsflConfig(
+            beta=get.number("qsfl.beta", low=0.0, high=1.0),
+            upload_fraction=get.number("qsfl.upload-fraction", low=0.0, high=1.0, low_open=True),
+            num_segments=get.integer("qsfl.num-segments", low=1),
+            top_p=get.number("qsfl.top-p", low=0.0, high=1.0, low_open=True),
+            relevance=get.choice("qsfl.relevance", RELEVANCE),
+            ensure_coverage=get.boolean("qsfl.ensure-coverage"),
+        ),
         net=_net_config(get),
     )
+    parameters = MODEL_PARAMETERS[config.model]
+    if config.qsfl.num_segments > parameters:
+        raise ConfigError(
+            f"qsfl.num-segments={config.qsfl.num_segments} is more than the {parameters:,} "
+            f"parameters of model '{config.model}'; allowed: 1..{parameters}"
+        )
+    if config.strategy == "qsfl" and config.net.simulated:
+        raise ConfigError(
+            f"strategy='qsfl' does not run on a simulated network yet (net.channel="
+            f"'{config.net.channel}'); allowed with qsfl: net.channel='none'"
+        )
     if config.net.policy == "partial" and (
         config.strategy != "quant" or config.quant.scheme != "progressive"
     ):

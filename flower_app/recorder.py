@@ -1,5 +1,6 @@
 """Append-only run logs: run_config.json, bandwidth.csv, rounds.csv, summary.json, and
-channels.csv (the simulated link rates) when a network is simulated.
+channels.csv (the simulated link rates) when a network is simulated; a preset may add its own
+(QSFL: selection.csv, segments.csv).
 
 Rows are appended and flushed as they come, never rewritten: a run killed in round 7
 leaves every row of rounds 1..6 complete on disk.
@@ -42,6 +43,9 @@ ROUND_COLUMNS = (
     "wall_s",
 )
 RATE_COLUMNS = ("partition_id", "direction", "start_s", "end_s", "rate_bps")
+# phases of bandwidth.csv that train: QSFL's clients report scalars in "train" and send their
+# segment in "upload"; evaluation and the partition-id query are outside the bandwidth formula
+TRAIN_PHASES = ("train", "upload")
 
 
 class _CsvLog:
@@ -82,7 +86,7 @@ class Recorder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._messages = _CsvLog(self.run_dir / "bandwidth.csv", BANDWIDTH_COLUMNS)
         self._rounds = _CsvLog(self.run_dir / "rounds.csv", ROUND_COLUMNS)
-        self._rates: _CsvLog | None = None  # opened on the first rates
+        self._tables: dict[str, _CsvLog] = {}  # further logs, each opened on its first rows
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Write the resolved run-config, first thing in a run."""
@@ -94,16 +98,20 @@ class Recorder:
 
     def log_rates(self, rows: list[dict[str, Any]]) -> None:
         """Append simulated link rates to channels.csv (flushed with their round)."""
-        if self._rates is None:
-            self._rates = _CsvLog(self.run_dir / "channels.csv", RATE_COLUMNS)
+        self.log_rows("channels.csv", RATE_COLUMNS, rows)
+
+    def log_rows(self, name: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+        """Append rows to the CSV file `name` of the run (flushed with their round)."""
+        if name not in self._tables:
+            self._tables[name] = _CsvLog(self.run_dir / name, columns)
         for row in rows:
-            self._rates.append(row)
+            self._tables[name].append(row)
 
     def log_round(self, row: dict[str, Any]) -> None:
         """Append one round's row and flush the CSV files."""
         self._messages.flush()
-        if self._rates is not None:
-            self._rates.flush()
+        for table in self._tables.values():
+            table.flush()
         self._rounds.append(row)
         self._rounds.flush()
 
@@ -111,10 +119,8 @@ class Recorder:
         """Write summary.json and close the CSV files."""
         self._messages.flush()
         _write_json(self.run_dir / "summary.json", summary)
-        self._messages.close()
-        self._rounds.close()
-        if self._rates is not None:
-            self._rates.close()
+        for log in (self._messages, self._rounds, *self._tables.values()):
+            log.close()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

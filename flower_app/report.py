@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from flower_app.plots import write_run_plots
+from flower_app.recorder import TRAIN_PHASES
 
 RUN_FILES = ("rounds.csv", "bandwidth.csv")
 
@@ -38,7 +39,7 @@ def summarize(run_dir: Path, target_accuracy: float | None = None) -> dict[str, 
     rounds, messages = read_run(Path(run_dir))
     last = rounds.iloc[-1]
     sent_updates = messages[
-        (messages["phase"] == "train")
+        messages["phase"].isin(TRAIN_PHASES)
         & (messages["direction"] == "up")
         & (messages["status"] != "failed")
     ]

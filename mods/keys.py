@@ -35,6 +35,15 @@ DOWN_QUANT = "down.quant"  # ArrayRecord of the uniformly quantized global model
 DOWN_NAMES = "down.names"  # its tensor names, in order
 DOWN_SHAPES = "down.shapes"  # per tensor: its rank, then its dimensions
 
+# QSFL (see mods/qsfl_mod.py): phase 1 trains and reports scalars, phase 2 uploads a segment
+UPLOAD = "train.upload"  # message type of the phase-2 request
+QSFL_RELEVANCE = "qsfl.relevance"  # "update" or "weights": what the update's signs are compared to
+QSFL_SIGNS = "qsfl.signs"  # ArrayRecord "signs": packed bits, 1 where the last global update > 0
+QSFL_SEGMENT = "qsfl.segment"  # the segment to upload
+QSFL_NUM_SEGMENTS = "qsfl.num-segments"
+QSFL_TOP_P = "qsfl.top-p"
+RELEVANCE = "relevance"  # metric: fraction of entries whose signs agree
+
 # Measured by the payload-size mod (mods/size_mod.py), read and removed by the strategies
 MESSAGE_SIZE = "message-size"
 DOWN_BYTES = "down-bytes"  # the message the client received, as it arrived
@@ -44,3 +53,5 @@ UP_BYTES = "up-bytes"  # the reply as it left, before this record was added
 STATE_GLOBAL = "stc.global"  # its copy of the global model
 STATE_RESIDUAL = "stc.residual"  # its uplink error-feedback residual
 STATE_QUANT_RESIDUAL = "quant.residual"  # its quantized-uplink error-feedback residual
+STATE_QSFL_UPDATE = "qsfl.update"  # its last flat update, kept for a possible upload
+STATE_QSFL_REPORT = "qsfl.report"  # the round, loss and examples of that update

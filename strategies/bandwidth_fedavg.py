@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from flower_app.config import ExperimentConfig, selected_count
-from flower_app.recorder import Recorder
+from flower_app.recorder import TRAIN_PHASES, Recorder
 from flower_app.task import samples_processed
 from mods import keys
 from netsim.rounds import Timeline, Transfer
@@ -53,6 +53,8 @@ class BandwidthFedAvg(FedAvg):
     recorder : Recorder
         Where message and round rows go.
     """
+
+    upload_phase = "train"  # the phase whose replies carry the updates
 
     def __init__(self, config: ExperimentConfig, recorder: Recorder) -> None:
         super().__init__(
@@ -145,10 +147,10 @@ class BandwidthFedAvg(FedAvg):
                 status = "dropped"
             else:
                 status = self._check_train_reply(reply)
-            self._log_reply(server_round, "train", reply, status, measured)
+            self._log_reply(server_round, self.upload_phase, reply, status, measured)
             if status in ACCEPTED:
                 accepted.append(reply)
-        self._flush_pending("train")
+        self._flush_pending(self.upload_phase)
         self._round["delivered"] = len(accepted)
         if not accepted:
             log(WARNING, "round %s: no usable update; the global model is kept", server_round)
@@ -342,10 +344,10 @@ class BandwidthFedAvg(FedAvg):
         """The content sent to one client and its log fields; here the dense global model."""
         return RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dense_fields(arrays)
 
-    def reply_fields(self, reply: Message) -> dict:
+    def reply_fields(self, phase: str, reply: Message) -> dict:
         """Log fields (codec, payload_bits, dense_bytes) of a reply; here a dense model."""
         arrays = None if reply.has_error() else reply.content.array_records.get(keys.ARRAYS)
-        return dense_fields(arrays) if arrays is not None else {}
+        return dense_fields(arrays) if phase == "train" and arrays is not None else {}
 
     def _queue_down(
         self,
@@ -390,7 +392,7 @@ class BandwidthFedAvg(FedAvg):
         down = self._pending.pop((phase, reply.metadata.src_node_id), None)
         if down is not None:
             self._log(**down, client_bytes=client_sizes.get(keys.DOWN_BYTES, ""))
-        fields = self.reply_fields(reply) if phase == "train" else {}
+        fields = self.reply_fields(phase, reply)
         self._log(
             server_round,
             partition_id,
@@ -434,7 +436,7 @@ class BandwidthFedAvg(FedAvg):
         )
         self.totals[direction] += measured
         self._round[direction] = self._round.get(direction, 0) + measured
-        if phase == "train" and status in ACCEPTED:
+        if phase in TRAIN_PHASES and status in ACCEPTED:
             self.train_bytes[direction] += measured
             self.train_messages[direction] += 1
             self.train_framing_bytes += measured - payload_bits // 8

@@ -1,8 +1,8 @@
 """Base of the presets whose clients send encoded updates (trained - received model).
 
 A reply is checked by decoding it (undecodable or non-finite: `rejected`); the decoded updates
-are averaged weighted by examples, in partition order, and the preset decides how the global
-model moves (`apply_update`).
+are combined (`combine`: averaged weighted by examples, in partition order), and the preset
+decides how the global model moves (`apply_update`).
 """
 
 from __future__ import annotations
@@ -67,26 +67,32 @@ class CodedFedAvg(BandwidthFedAvg):
     def delivery_status(self, reply: Message) -> str:
         return self._decoded[id(reply.content)].status
 
-    def reply_fields(self, reply: Message) -> dict:
+    def reply_fields(self, phase: str, reply: Message) -> dict:
+        if phase != self.upload_phase:
+            return super().reply_fields(phase, reply)
         decoded = None if reply.has_error() else self._decoded.get(id(reply.content))
         if decoded is None:
             return {}
         dense = sum(t.size for t in decoded.tensors) * FLOAT32_BYTES
         return {"codec": decoded.codec, "payload_bits": decoded.payload_bits, "dense_bytes": dense}
 
-    def aggregate_updates(
-        self, server_round: int, accepted: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Weighted mean of the decoded updates (partition order), applied by the preset."""
+    def combine(self, server_round: int, accepted: list[Message]) -> list[np.ndarray]:
+        """One update from the decoded replies: their mean weighted by examples."""
         weights = np.array([r.content[keys.METRICS][keys.NUM_EXAMPLES] for r in accepted], float)
         updates = [self._decoded[id(r.content)].tensors for r in accepted]
-        self._decoded.clear()
-        mean = [
+        return [
             (sum(w * u[i] for w, u in zip(weights, updates, strict=True)) / weights.sum()).astype(
                 np.float32
             )
             for i in range(len(updates[0]))
         ]
-        new_global = self.apply_update(server_round, mean)
+
+    def aggregate_updates(
+        self, server_round: int, accepted: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The combined update of the accepted replies (partition order), applied by the preset."""
+        update = self.combine(server_round, accepted)
+        self._decoded.clear()
+        new_global = self.apply_update(server_round, update)
         metrics = self.train_metrics_aggr_fn([r.content for r in accepted], self.weighted_by_key)
         return ArrayRecord({n: Array(v) for n, v in new_global.items()}), metrics

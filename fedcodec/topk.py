@@ -1,0 +1,84 @@
+"""Top-k sparsification: the k = ceil(p * N) largest magnitudes of each tensor, as float32.
+
+The sparse companion of STC (fedcodec/stc.py) that keeps the values: what travels for T
+tensors is
+
+- `bits` (uint8): per tensor, the Golomb-Rice code of its kept positions (STC's code), all
+  tensors back to back, packed with `np.packbits`;
+- `counts` (uint32, T): k of each tensor;
+- `values` (float32): the kept values, tensor after tensor, in position order.
+
+`payload_bits` is the bit length of `bits` before padding + 32 per count + 32 per value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedcodec.encoded import Encoded
+from fedcodec.golomb import gap_bits, read_gaps, rice_parameter
+from fedcodec.stc import keep_count, top_k_positions
+
+ARRAY_NAMES = ("bits", "counts", "values")
+
+
+def encode(tensors: list[np.ndarray], p: float) -> Encoded:
+    """Keep each tensor's top ceil(p * N) magnitudes (exact zeros never count).
+
+    Raises
+    ------
+    ValueError
+        When p is outside (0, 1] or a tensor holds NaN or inf.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"p={p} is out of range; allowed: (0, 1]")
+    streams, counts, values = [], [], []
+    for index, tensor in enumerate(tensors):
+        flat = np.asarray(tensor, dtype=np.float32).ravel()
+        if not np.isfinite(flat).all():
+            raise ValueError(f"tensor {index} holds NaN or inf; refusing to encode it")
+        magnitudes = np.abs(flat)
+        positions = top_k_positions(magnitudes, keep_count(flat.size, p))
+        positions = positions[magnitudes[positions] > 0]
+        b = rice_parameter(positions.size / flat.size) if flat.size else 0
+        streams.append(gap_bits(positions, b))
+        counts.append(positions.size)
+        values.append(flat[positions])
+    bits = np.concatenate(streams) if streams else np.zeros(0, np.uint8)
+    arrays = {
+        "bits": np.packbits(bits),
+        "counts": np.asarray(counts, dtype=np.uint32),
+        "values": np.concatenate(values) if values else np.zeros(0, np.float32),
+    }
+    return Encoded(arrays, len(bits) + 32 * len(tensors) + 32 * sum(counts))
+
+
+def decode_arrays(
+    arrays: dict[str, np.ndarray], shapes: list[tuple[int, ...]]
+) -> tuple[list[np.ndarray], int]:
+    """Rebuild the sparse tensors (float32); return them and the exact payload bits read."""
+    if set(arrays) != set(ARRAY_NAMES):
+        raise ValueError(f"expected the top-k arrays {', '.join(ARRAY_NAMES)}")
+    counts, values = arrays["counts"], np.asarray(arrays["values"], dtype=np.float32)
+    if len(counts) != len(shapes):
+        raise ValueError(f"encoded update has {len(counts)} tensors, the model {len(shapes)}")
+    if int(counts.sum()) != values.size:
+        raise ValueError(f"{values.size} values for {int(counts.sum())} positions")
+    bits = np.unpackbits(np.asarray(arrays["bits"], dtype=np.uint8))
+    tensors, offset, start = [], 0, 0
+    for shape, count in zip(shapes, counts, strict=True):
+        size, count = math.prod(shape), int(count)
+        if count > size:
+            raise ValueError(f"count {count} exceeds the tensor's {size} entries")
+        b = rice_parameter(count / size) if size else 0
+        positions, used = read_gaps(bits[offset:], count, b, size)
+        offset += used
+        if positions.size and positions[-1] >= size:
+            raise ValueError("the position stream does not fit the tensor")
+        flat = np.zeros(size, dtype=np.float32)
+        flat[positions] = values[start : start + count]
+        start += count
+        tensors.append(flat.reshape(shape))
+    return tensors, offset + 32 * len(shapes) + 32 * values.size
