@@ -17,6 +17,7 @@ The file (see sweeps/default.toml):
     [[runs]]                    # one entry per setting: a name and its run-config keys
     name = "fedavg"
     strategy = "fedavg"
+    num-supernodes = 20         # optional: this run's number of clients
 
 Every run (and seed) is validated before the first one starts; a run that fails later is
 reported and the sweep goes on; a run already finished in the sweep folder is reused, so a
@@ -55,11 +56,11 @@ class Sweep:
     """A validated sweep: what to run, and where."""
 
     name: str
-    num_supernodes: int
     seeds: tuple[int, ...]
     target_accuracy: float
     folder: Path
     runs: dict[str, dict[str, Any]]  # run name -> run-config overrides (common included)
+    clients: dict[str, int]  # run name -> its number of clients (num-supernodes)
 
     def jobs(self) -> list[tuple[str, int, dict[str, Any]]]:
         """(run name, seed, overrides) for every run and seed, in file order."""
@@ -104,7 +105,10 @@ def load_sweep(path: Path) -> Sweep:
     runs = table.get("runs")
     if not isinstance(runs, list) or not runs:
         raise ConfigError(f"sweep file '{path}' has no [[runs]]; give one or more")
+    common = dict(common)
+    default_clients = common.pop("num-supernodes", settings["num-supernodes"])
     overrides_by_name: dict[str, dict[str, Any]] = {}
+    clients: dict[str, int] = {}
     for index, run in enumerate(runs, start=1):
         run = dict(run)
         name = run.pop("name", None)
@@ -113,6 +117,13 @@ def load_sweep(path: Path) -> Sweep:
             raise ConfigError(f"{where}: name={name!r}; give each run a name (no '/')")
         if name in overrides_by_name:
             raise ConfigError(f"{where}: the name '{name}' is used twice")
+        clients[name] = run.pop("num-supernodes", default_clients)
+        if not isinstance(clients[name], int) or isinstance(clients[name], bool):
+            raise ConfigError(
+                f"{where} ('{name}'): num-supernodes={clients[name]!r}; allowed: >= 1"
+            )
+        if clients[name] < 1:
+            raise ConfigError(f"{where} ('{name}'): num-supernodes={clients[name]}; allowed: >= 1")
         overrides = flatten(common) | flatten(run)
         fixed = sorted(set(overrides) & set(FIXED_KEYS))
         if fixed:
@@ -120,11 +131,11 @@ def load_sweep(path: Path) -> Sweep:
         overrides_by_name[name] = overrides
     sweep = Sweep(
         name=settings["name"],
-        num_supernodes=settings["num-supernodes"],
         seeds=tuple(settings["seeds"]),
         target_accuracy=settings["target-accuracy"],
         folder=Path(settings["output-dir"]).resolve() / settings["name"],
         runs=overrides_by_name,
+        clients=clients,
     )
     for name, seed, overrides in sweep.jobs():
         try:
@@ -168,11 +179,12 @@ def _sweep_settings(path: Path, settings: Any) -> dict[str, Any]:
 
 
 def compare(
-    run_dirs: dict[str, list[Path]], target_accuracy: float, baseline: str | None
+    run_dirs: dict[str, list[Path]], target_accuracy: float, baselines: dict[str, str]
 ) -> pd.DataFrame:
     """One row per run name: means (and spread) over its seeds' finished runs.
 
-    `baseline` names the run whose bytes the `x_fewer` columns divide by (FedAvg).
+    `baselines` maps a run to the run whose bytes its `x_fewer` columns divide by (FedAvg
+    with as many clients); a run without one gets NaN there.
     """
     rows = []
     for name, folders in run_dirs.items():
@@ -196,10 +208,12 @@ def compare(
             }
         )
     table = pd.DataFrame(rows)
-    if baseline is not None and not table.empty and baseline in set(table["run"]):
-        base = table.set_index("run").loc[baseline]
-        table["up_x_fewer"] = base["up_bytes"] / table["up_bytes"]
-        table["total_x_fewer"] = base["total_bytes"] / table["total_bytes"]
+    if table.empty:
+        return table
+    indexed = table.set_index("run")
+    for column, ratio in (("up_bytes", "up_x_fewer"), ("total_bytes", "total_x_fewer")):
+        base = [indexed[column].get(baselines.get(name), float("nan")) for name in table["run"]]
+        table[ratio] = pd.Series(base, dtype=float) / table[column]
     return table
 
 
@@ -225,12 +239,19 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def baseline_run(sweep: Sweep) -> str | None:
-    """The first run whose strategy is FedAvg (the byte baseline)."""
-    for name, overrides in sweep.runs.items():
-        if parse(resolve(overrides)).strategy == "fedavg":
-            return name
-    return None
+def baseline_runs(sweep: Sweep) -> dict[str, str]:
+    """Each run's byte baseline: the first FedAvg run with as many clients."""
+    fedavg = [
+        name
+        for name, overrides in sweep.runs.items()
+        if parse(resolve(overrides)).strategy == "fedavg"
+    ]
+    baselines = {}
+    for name in sweep.runs:
+        same = [f for f in fedavg if sweep.clients[f] == sweep.clients[name]]
+        if same:
+            baselines[name] = same[0]
+    return baselines
 
 
 def run_sweep(sweep: Sweep) -> pd.DataFrame:
@@ -259,13 +280,13 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
             done.setdefault(name, []).append(finished)
             continue
         try:
-            run_dir = run_experiment(overrides, sweep.num_supernodes)
+            run_dir = run_experiment(overrides, sweep.clients[name])
         except Exception as error:  # noqa: BLE001  (a failed run must not stop the sweep)
             print(f"[sweep {sweep.name}] run {name} seed {seed} FAILED: {error}", flush=True)
             failed.append(run_folder_name(name, seed))
             continue
         done.setdefault(name, []).append(run_dir)
-    table = compare(done, sweep.target_accuracy, baseline_run(sweep))
+    table = compare(done, sweep.target_accuracy, baseline_runs(sweep))
     write_comparison(sweep.folder, table, done, failed)
     return table
 

@@ -47,6 +47,20 @@ def test_pyproject_defaults_parse():
         ("quant.refine-bits", 7, "quant.base-bits=2 + quant.refine-bits=7 = 9 bits"),
         ("quant.refine-loss", 1.5, "quant.refine-loss=1.5 is out of range; allowed: [0, 1]"),
         ("quant.refine-loss", 0.3, "quant.refine-loss=0.3 needs quant.scheme='progressive'"),
+        ("qsfl.beta", 1.5, "qsfl.beta=1.5 is out of range; allowed: [0, 1]"),
+        ("qsfl.beta", -0.1, "qsfl.beta=-0.1 is out of range; allowed: [0, 1]"),
+        ("qsfl.upload-fraction", 0.0, "qsfl.upload-fraction=0.0 is out of range; allowed: (0, 1]"),
+        ("qsfl.upload-fraction", 1.2, "qsfl.upload-fraction=1.2 is out of range; allowed: (0, 1]"),
+        ("qsfl.num-segments", 0, "qsfl.num-segments=0 is out of range; allowed: integer >= 1"),
+        (
+            "qsfl.num-segments",
+            7851,
+            "qsfl.num-segments=7851 is more than the 7,850 parameters of model 'logistic'; "
+            "allowed: 1..7850",
+        ),
+        ("qsfl.top-p", 0, "qsfl.top-p=0 is out of range; allowed: (0, 1]"),
+        ("qsfl.relevance", "loss", "qsfl.relevance='loss' is not known; allowed: update, weights"),
+        ("qsfl.ensure-coverage", "yes", "qsfl.ensure-coverage='yes' must be true or false"),
         ("net.channel", "5g", "net.channel='5g' is not known; allowed: none, random-walk"),
         ("net.policy", "drop", "net.policy='drop' needs a simulated channel"),
         ("net.deadline-s", 0, "net.deadline-s=0 is out of range; allowed: (0, inf)"),
@@ -137,3 +151,9 @@ def test_bad_network_settings_are_one_line(flat_config, overrides, message):
         parse(flat_config)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_qsfl_on_a_simulated_network_is_refused_before_round_1(flat_config):
+    flat_config.update({"strategy": "qsfl", "net.channel": "random-walk"})
+    with pytest.raises(ConfigError, match="strategy='qsfl' does not run on a simulated network"):
+        parse(flat_config)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flower_app.config import ConfigError, parse
+from flower_app.config import MODEL_PARAMETERS, ConfigError, parse
 from flower_app.data import synthetic_dataset
-from flower_app.models import build_model
+from flower_app.models import MODEL_BUILDERS, build_model
 from flower_app.task import (
     client_data,
     compute_device,
@@ -28,6 +28,8 @@ def test_parameter_counts():
     # logistic: 784*10 + 10; cnn: 832 + 51,264 + 3136*512+512 + 5,130 (McMahan et al.)
     assert count(build_model("logistic", 0)) == 7850
     assert count(build_model("cnn", 0)) == 1_663_370
+    # the table config.py validates qsfl.num-segments with, without building a model
+    assert {name: count(build_model(name, 0)) for name in MODEL_BUILDERS} == MODEL_PARAMETERS
 
 
 def test_same_seed_same_initial_weights():

@@ -8,7 +8,14 @@ import pytest
 
 from flower_app import simulation
 from flower_app.config import ConfigError
-from flower_app.sweep import compare, load_sweep, run_sweep, to_markdown, write_comparison
+from flower_app.sweep import (
+    baseline_runs,
+    compare,
+    load_sweep,
+    run_sweep,
+    to_markdown,
+    write_comparison,
+)
 from tests.test_report import HEADER, ROUNDS
 
 SWEEP = """
@@ -121,7 +128,9 @@ def test_comparison_of_two_small_hand_made_runs(tmp_path):
         "sparse": [make_run(tmp_path / "s1", accuracy_scale=0.95, byte_scale=10)],
     }
     # Execute
-    table = compare(runs, target_accuracy=0.68, baseline="dense").set_index("run")
+    table = compare(
+        runs, target_accuracy=0.68, baselines={"dense": "dense", "sparse": "dense"}
+    ).set_index("run")
     # Assert: dense seeds end at 0.70 and 0.63 -> mean 0.665, spread 0.035
     assert table.loc["dense", "final_accuracy"] == pytest.approx(0.665)
     assert table.loc["dense", "final_accuracy_std"] == pytest.approx(0.035)
@@ -141,7 +150,7 @@ def test_comparison_of_two_small_hand_made_runs(tmp_path):
 
 def test_comparison_files_and_plots(tmp_path):
     runs = {"dense": [make_run(tmp_path / "d1")], "sparse": [make_run(tmp_path / "s1", 1, 10)]}
-    table = compare(runs, target_accuracy=0.7, baseline="dense")
+    table = compare(runs, target_accuracy=0.7, baselines={"sparse": "dense"})
     written = write_comparison(tmp_path / "sweep", table, runs, failed=["broken-seed1"])
     names = {path.name for path in written}
     assert {"comparison.csv", "comparison.md", "accuracy_vs_uplink.png"} <= names
@@ -180,3 +189,66 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, c
     assert "fedavg-seed1 is already finished: reused" in out
     markdown = (sweep.folder / "comparison.md").read_text()
     assert "Failed runs (left out): stc-seed1, stc-seed2" in markdown
+
+
+def test_runs_may_set_their_number_of_clients_and_compare_with_fedavg_of_as_many(tmp_path):
+    # Prepare: FedAvg and QSFL at 10 and at 20 clients; the sweep's default is 5
+    path = tmp_path / "clients.toml"
+    path.write_text(
+        f"""
+[sweep]
+name = "clients"
+num-supernodes = 5
+seeds = [1]
+target-accuracy = 0.5
+output-dir = "{tmp_path / "out"}"
+
+[common]
+dataset = "synthetic"
+
+[[runs]]
+name = "fedavg-10"
+num-supernodes = 10
+
+[[runs]]
+name = "qsfl-10"
+strategy = "qsfl"
+num-supernodes = 10
+
+[[runs]]
+name = "fedavg-20"
+num-supernodes = 20
+
+[[runs]]
+name = "qsfl-20"
+strategy = "qsfl"
+num-supernodes = 20
+
+[[runs]]
+name = "qsfl-5"
+strategy = "qsfl"
+"""
+    )
+    # Execute
+    sweep = load_sweep(path)
+    # Assert
+    assert sweep.clients == {
+        "fedavg-10": 10,
+        "qsfl-10": 10,
+        "fedavg-20": 20,
+        "qsfl-20": 20,
+        "qsfl-5": 5,
+    }
+    assert "num-supernodes" not in sweep.runs["qsfl-10"]
+    assert baseline_runs(sweep) == {
+        "fedavg-10": "fedavg-10",
+        "qsfl-10": "fedavg-10",
+        "fedavg-20": "fedavg-20",
+        "qsfl-20": "fedavg-20",
+    }
+
+
+def test_a_bad_number_of_clients_names_the_run(tmp_path):
+    text = SWEEP.replace('name = "stc"', 'name = "stc"\nnum-supernodes = 0')
+    with pytest.raises(ConfigError, match=r"run 2 \('stc'\): num-supernodes=0; allowed: >= 1"):
+        load_sweep(write(tmp_path, text))
