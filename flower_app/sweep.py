@@ -28,6 +28,7 @@ and plots) is written into the sweep folder.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 import tomllib
@@ -279,6 +280,9 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
             print(f"[sweep {sweep.name}] {finished} is already finished: reused", flush=True)
             done.setdefault(name, []).append(finished)
             continue
+        if finished.exists():
+            print(f"[sweep {sweep.name}] {finished} did not finish: run again", flush=True)
+            shutil.rmtree(finished)
         try:
             run_dir = run_experiment(overrides, sweep.clients[name])
         except Exception as error:  # noqa: BLE001  (a failed run must not stop the sweep)

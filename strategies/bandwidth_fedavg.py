@@ -32,7 +32,24 @@ from strategies.network import NetworkClock
 from strategies.selection import EVALUATE_STREAM, TRAIN_STREAM, select_partitions
 
 QUERY_TIMEOUT_S = 600.0
+NODE_POLL_S, NODES_STABLE_POLLS = 0.2, 5  # the node count must hold for 1 s
 ACCEPTED = ("delivered", "partial")  # statuses whose update is aggregated
+
+
+def wait_for_nodes(grid: Grid, timeout_s: float = QUERY_TIMEOUT_S) -> list[int]:
+    """The grid's node ids once their number has stopped growing (sorted).
+
+    A simulation registers its nodes in a thread of its own while the ServerApp starts: asked
+    too early, the grid knows none or only some of them.
+    """
+    deadline = time.monotonic() + timeout_s
+    node_ids, stable = sorted(grid.get_node_ids()), 0
+    while stable < NODES_STABLE_POLLS and time.monotonic() < deadline:
+        time.sleep(NODE_POLL_S)
+        latest = sorted(grid.get_node_ids())
+        stable = stable + 1 if latest == node_ids and latest else 0
+        node_ids = latest
+    return node_ids
 
 
 def examples_problem(metrics: MetricRecord) -> str:
@@ -87,7 +104,7 @@ class BandwidthFedAvg(FedAvg):
     def discover_partitions(self, grid: Grid) -> int:
         """Ask every node for its partition id (one small real message each way)."""
         self._start_round(0)
-        node_ids = sorted(grid.get_node_ids())
+        node_ids = wait_for_nodes(grid)
         messages = [
             Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
             for node_id in node_ids

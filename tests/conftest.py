@@ -1,10 +1,17 @@
-"""Shared fixtures: a valid flat run-config on the synthetic dataset."""
+"""Shared fixtures: a valid flat run-config on the synthetic dataset; no waiting for nodes."""
 
 from __future__ import annotations
 
 import pytest
 
 from flower_app.config import resolve
+from strategies import bandwidth_fedavg
+
+
+@pytest.fixture(autouse=True)
+def no_node_polling_delay(monkeypatch):
+    """Hand-built grids know their nodes at once: poll them without sleeping."""
+    monkeypatch.setattr(bandwidth_fedavg, "NODE_POLL_S", 0.0)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from flower_app.config import parse
 from flower_app.recorder import Recorder
 from mods import keys
 from strategies import BandwidthFedAvg
+from strategies.bandwidth_fedavg import wait_for_nodes
 
 # Hand-computed sizes. np.save writes a 128-byte header (magic, version, dict, padding)
 # before the raw values, and ArrayRecord.count_bytes adds the key's length:
@@ -184,3 +185,19 @@ def test_round_row_sums_bytes_of_all_phases(flat_config, tmp_path):
     assert (row["up_bytes"], row["down_bytes"]) == (2 * UP_WIRE, 2 * DOWN_WIRE)
     assert row["cum_bytes"] == 4 * 42 + 2 * (UP_WIRE + DOWN_WIRE)
     assert [r["round"] for r in read_rows(recorder, "rounds.csv")] == ["0", "1"]
+
+
+def test_discovery_waits_until_every_node_is_registered():
+    # Prepare: a simulation registers its nodes while the ServerApp starts: none, then some
+    class RegisteringGrid(FakeGrid):
+        def __init__(self):
+            super().__init__(3)
+            self.answers = [[], [], [1000]]
+
+        def get_node_ids(self):
+            return self.answers.pop(0) if self.answers else list(self.partition_of_node)
+
+    # Execute
+    node_ids = wait_for_nodes(RegisteringGrid())
+    # Assert
+    assert node_ids == [1000, 1007, 1014]

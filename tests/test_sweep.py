@@ -168,6 +168,7 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, c
     sweep = load_sweep(write(tmp_path, SWEEP))
     make_run(sweep.folder / "fedavg-seed1")
     (sweep.folder / "fedavg-seed1" / "summary.json").write_text("{}")
+    make_run(sweep.folder / "fedavg-seed2")  # stopped before its summary: run again
     calls = []
 
     def fake_run(overrides, num_supernodes):
@@ -187,6 +188,7 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, c
     assert "run 3/4: stc seed 1" in out
     assert "run stc seed 1 FAILED: the run did not finish" in out
     assert "fedavg-seed1 is already finished: reused" in out
+    assert "fedavg-seed2 did not finish: run again" in out
     markdown = (sweep.folder / "comparison.md").read_text()
     assert "Failed runs (left out): stc-seed1, stc-seed2" in markdown
 
