@@ -112,3 +112,36 @@ def test_same_seed_gives_identical_logs(tmp_path):
     for name in ("bandwidth.csv", "channels.csv"):
         assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes()
     assert (folders[0] / "channels.png").stat().st_size > 0
+
+
+def test_qsfl_uplink_is_the_scalars_of_all_candidates_and_the_segments_of_the_chosen(tmp_path):
+    # Execute: 10 candidates a round, the best int(10 x 0.3) = 3 upload one of 6 segments
+    qsfl = "strategy='qsfl' fraction-train=1.0 qsfl.upload-fraction=0.3 qsfl.num-segments=6"
+    output = run_module(
+        "flower_app.simulation",
+        "--num-supernodes",
+        "10",
+        "--run-config",
+        f"{RUN_CONFIG} {qsfl} output-dir='{tmp_path}'",
+    )
+    run_dir = run_folder(output)
+    # Assert. A report: {"train-loss": float, "num-examples": int, "relevance": float}
+    # = 10+8 + 12+8 + 9+8 = 55 B + the size record = 89 B; its payload 3 x 64 bits.
+    # A segment: 7,850 = 2 x 1,309 + 4 x 1,308 entries; one .npy header (128) + 4 B an entry +
+    # the key "values" (6) + {"train-loss", "num-examples"} (38) + the size record = 206 + 4 n.
+    messages = pd.read_csv(run_dir / "bandwidth.csv")
+    rounds = pd.read_csv(run_dir / "rounds.csv").set_index("round")
+    for server_round in (1, 2):
+        up = messages.query(f"round == {server_round} and direction == 'up'")
+        reports, uploads = up[up["phase"] == "train"], up[up["phase"] == "upload"]
+        assert len(reports) == 10 and (reports["wire_bytes"] == 89).all()
+        assert (reports["payload_bits"] == 192).all()
+        assert len(uploads) == 3
+        for row in uploads.itertuples():
+            entries = 1309 if (row.partition_id + server_round) % 6 < 2 else 1308
+            assert (row.wire_bytes, row.payload_bits) == (206 + 4 * entries, 32 * entries)
+        assert rounds.loc[server_round, "up_bytes"] == 10 * 89 + uploads["wire_bytes"].sum()
+        assert rounds.loc[server_round, "delivered"] == 3
+    segments = pd.read_csv(run_dir / "segments.csv")
+    assert segments.groupby("round")["senders"].sum().tolist() == [3, 3]
+    assert segments.groupby("round")["senders"].max().tolist() == [1, 1]  # coverage first
