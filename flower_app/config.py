@@ -87,6 +87,7 @@ class QsflConfig:
     top_p: float
     relevance: str
     ensure_coverage: bool
+    quantize: bool
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
             top_p=get.number("qsfl.top-p", low=0.0, high=1.0, low_open=True),
             relevance=get.choice("qsfl.relevance", RELEVANCE),
             ensure_coverage=get.boolean("qsfl.ensure-coverage"),
+            quantize=get.boolean("qsfl.quantize"),
         ),
         net=_net_config(get),
     )
@@ -236,6 +238,11 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(
             f"qsfl.num-segments={config.qsfl.num_segments} is more than the {parameters:,} "
             f"parameters of model '{config.model}'; allowed: 1..{parameters}"
+        )
+    if config.qsfl.quantize and config.qsfl.top_p < 1:
+        raise ConfigError(
+            f"qsfl.quantize=true with qsfl.top-p={config.qsfl.top_p}: a segment is either "
+            "sparsified or quantized; allowed: qsfl.top-p = 1 with qsfl.quantize = true"
         )
     if config.strategy == "qsfl" and config.net.simulated:
         raise ConfigError(

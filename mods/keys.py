@@ -42,6 +42,7 @@ QSFL_SIGNS = "qsfl.signs"  # ArrayRecord "signs": packed bits, 1 where the last 
 QSFL_SEGMENT = "qsfl.segment"  # the segment to upload
 QSFL_NUM_SEGMENTS = "qsfl.num-segments"
 QSFL_TOP_P = "qsfl.top-p"
+QSFL_QUANTIZE = "qsfl.quantize"  # the segment goes through the quant.* entries of the request
 RELEVANCE = "relevance"  # metric: fraction of entries whose signs agree
 
 # Measured by the payload-size mod (mods/size_mod.py), read and removed by the strategies

@@ -6,7 +6,8 @@ by two scalars beside the example count: the training loss and the relevance, th
 entries whose sign agrees with the last global update (`qsfl.relevance = "update"`, its signs
 sent by the server) or, as the official code does, of the trained weights whose sign agrees
 with the received weights (`"weights"`). Phase 2 (message type "train.upload"):
-`upload_segment` sends the segment the server asked for, dense or its top-p entries.
+`upload_segment` sends the segment the server asked for: dense, its top-p entries, or quantized
+as the request's `quant.*` entries say.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedcodec import topk
+from fedcodec import quant, topk
 from fedcodec.encoded import Encoded
 from fedcodec.flat import flatten
+from fedcodec.quant import QuantSpec
 from fedcodec.segments import segment_bounds
 from mods import keys
-from mods.uplink import codec_config
+from mods.quant_mod import spec_from_config
+from mods.uplink import codec_config, uplink_rng
 
 
 def qsfl_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -69,7 +72,10 @@ def upload_segment(msg: Message, context: Context) -> Message:
     start, stop = segment_bounds(update.size, int(config[keys.QSFL_NUM_SEGMENTS]))[
         int(config[keys.QSFL_SEGMENT])
     ]
-    encoded = encode_segment(update[start:stop], float(config[keys.QSFL_TOP_P]))
+    spec = spec_from_config(config) if config[keys.QSFL_QUANTIZE] else None
+    encoded = encode_segment(
+        update[start:stop], float(config[keys.QSFL_TOP_P]), spec, uplink_rng(config, context)
+    )
     metrics = MetricRecord(
         {
             keys.TRAIN_LOSS: report[keys.TRAIN_LOSS],
@@ -80,15 +86,27 @@ def upload_segment(msg: Message, context: Context) -> Message:
     return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), reply_to=msg)
 
 
-def encode_segment(values: np.ndarray, top_p: float) -> Encoded:
-    """A segment as it travels: float32 `values`, or its top-p entries (fedcodec.topk)."""
+def encode_segment(
+    values: np.ndarray,
+    top_p: float,
+    spec: QuantSpec | None = None,
+    rng: np.random.Generator | None = None,
+) -> Encoded:
+    """A segment as it travels: float32 `values`, its top-p entries, or quantized by `spec`."""
+    if spec is not None:
+        return quant.encode([values], spec, rng)
     if top_p < 1.0:
         return topk.encode([values], top_p)
     return Encoded({"values": values.astype(np.float32)}, 32 * values.size)
 
 
-def decode_segment(arrays: dict[str, np.ndarray], size: int) -> tuple[np.ndarray, int]:
+def decode_segment(
+    arrays: dict[str, np.ndarray], size: int, spec: QuantSpec | None = None
+) -> tuple[np.ndarray, int]:
     """Inverse of `encode_segment`: the segment's `size` values and the payload bits read."""
+    if spec is not None:
+        (values,), bits = quant.decode_arrays(arrays, [(size,)], spec)
+        return values, bits
     if set(arrays) == {"values"}:
         values = np.asarray(arrays["values"], dtype=np.float32)
         if values.shape != (size,):

@@ -27,6 +27,7 @@ from fedcodec.flat import unflatten
 from fedcodec.segments import average_segments, segment_bounds, segment_id
 from mods import keys
 from mods.qsfl_mod import decode_segment, pack_signs
+from mods.quant_mod import spec_config
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
 PHASE_TIMEOUT_S = 3600.0
@@ -91,6 +92,7 @@ class QsflFedAvg(CodedFedAvg):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.settings = self.config.qsfl
+        self.spec = self.config.quant.spec.validate() if self.settings.quantize else None
         self._signs: np.ndarray | None = None  # packed signs of the last global update
         self._size = 0  # entries of the flat model
         self._segments: dict[int, int] = {}  # partition -> segment asked of it this round
@@ -190,11 +192,10 @@ class QsflFedAvg(CodedFedAvg):
         messages = []
         for partition_id in chosen:
             request = ConfigRecord(
-                {
+                self._codec_entries()
+                | {
                     keys.SERVER_ROUND: server_round,
                     keys.QSFL_SEGMENT: segment_of[partition_id],
-                    keys.QSFL_NUM_SEGMENTS: s.num_segments,
-                    keys.QSFL_TOP_P: s.top_p,
                 }
             )
             content = RecordDict({keys.CONFIG: request})
@@ -203,14 +204,27 @@ class QsflFedAvg(CodedFedAvg):
             messages.append(Message(content, message_type=keys.UPLOAD, dst_node_id=node_id))
         return messages
 
+    def _codec_entries(self) -> dict:
+        """How every chosen client encodes its segment (the request's config)."""
+        entries = {
+            keys.QSFL_NUM_SEGMENTS: self.settings.num_segments,
+            keys.QSFL_TOP_P: self.settings.top_p,
+            keys.QSFL_QUANTIZE: self.spec is not None,
+            keys.SEED: self.config.seed,
+        }
+        if self.spec is not None:
+            entries |= spec_config(self.spec, error_feedback=False) | {keys.CODEC: "qsfl"}
+        return entries
+
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
     ) -> DecodedUpdate:
         if partition_id not in self._segments:
             raise ValueError("no segment was asked of this client")
         start, stop = self._bounds()[self._segments[partition_id]]
-        values, bits = decode_segment(arrays, stop - start)
-        return DecodedUpdate([values], bits, "float32" if self.settings.top_p == 1 else "topk")
+        values, bits = decode_segment(arrays, stop - start, self.spec)
+        codec = self.spec.label if self.spec else "topk" if self.settings.top_p < 1 else "float32"
+        return DecodedUpdate([values], bits, codec)
 
     def combine(self, server_round: int, accepted: list[Message]) -> list[np.ndarray]:
         """Stitch the segments into one update; log each segment's senders."""

@@ -16,11 +16,13 @@ from flwr.app import (
 )
 
 from fedcodec import topk
+from fedcodec.quant import QuantSpec
 from fedcodec.segments import average_segments, segment_bounds, segment_id
 from flower_app.config import parse
 from flower_app.recorder import Recorder
 from mods import keys
-from mods.qsfl_mod import pack_signs, qsfl_mod, upload_segment
+from mods.qsfl_mod import decode_segment, pack_signs, qsfl_mod, upload_segment
+from mods.quant_mod import spec_config
 from strategies.qsfl import QsflFedAvg, Report, choose_uploaders, score_reports
 from tests.test_strategy import FakeGrid, model, read_rows, task_identity  # noqa: F401
 
@@ -149,15 +151,21 @@ def test_relevance_of_weights_compares_trained_and_received_signs():
     assert reply.content[keys.METRICS][keys.RELEVANCE] == pytest.approx(8 / 9)
 
 
-def upload_request(segment: int, num_segments: int, top_p: float) -> Message:
+def upload_request(segment: int, num_segments: int, top_p: float, quant_bits: int = 0) -> Message:
     config = ConfigRecord(
         {
             keys.SERVER_ROUND: 2,
             keys.QSFL_SEGMENT: segment,
             keys.QSFL_NUM_SEGMENTS: num_segments,
             keys.QSFL_TOP_P: top_p,
+            keys.QSFL_QUANTIZE: quant_bits > 0,
+            keys.SEED: 1,
         }
     )
+    if quant_bits:
+        config = ConfigRecord(
+            dict(config) | spec_config(QuantSpec("uniform", bits=quant_bits), error_feedback=False)
+        )
     return Message(RecordDict({keys.CONFIG: config}), message_type=keys.UPLOAD, dst_node_id=1)
 
 
@@ -175,6 +183,20 @@ def test_phase_two_sends_the_requested_segment_dense_or_top_p():
     arrays = upload_segment(upload_request(1, 2, 0.25), ctx).content[keys.ARRAYS]
     assert arrays["values"].numpy().tolist() == [-2.0]
     assert arrays["counts"].numpy().tolist() == [1]
+
+
+def test_a_quantized_segment_costs_its_codes_and_one_scale_pair():
+    ctx = context()
+    qsfl_mod(train_message("weights", None), ctx, lambda m, c: trained_reply(m))
+    reply = upload_segment(upload_request(1, 2, 1.0, quant_bits=2), ctx)
+    arrays = {name: a.numpy() for name, a in reply.content[keys.ARRAYS].items()}
+    # segment 1 = -0.5, -2.0, 0.5, 0.5: 4 codes of 2 bits (one byte) + float32 low and step
+    assert set(arrays) == {"codes", "lows", "steps"}
+    assert arrays["codes"].nbytes == 1
+    values, bits = decode_segment(arrays, 4, QuantSpec("uniform", bits=2))
+    assert bits == 4 * 2 + 64
+    # low -2, step 2.5 / 3: -0.5 -> code 2 (-2 + 5/3 = -0.333), 0.5 -> code 3 (0.5)
+    assert values.tolist() == pytest.approx([-1 / 3, -2.0, 0.5, 0.5])
 
 
 def test_an_upload_without_this_rounds_update_is_an_error():
