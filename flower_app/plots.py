@@ -98,6 +98,8 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 def plot_comparison(folder: Path, run_dirs: dict[str, list[Path]]) -> list[Path]:
     """One figure per question, one line per run (the mean over its seeds' rounds)."""
     means = {name: _mean_rounds(folders) for name, folders in run_dirs.items() if folders}
+    palette = plt.get_cmap("tab10" if len(means) <= 10 else "tab20")
+    color = {name: palette(index % palette.N) for index, name in enumerate(means)}
     questions = [
         ("cum_up_bytes", "cumulative uplink (MB, log scale)", "accuracy_vs_uplink.png"),
         ("cum_bytes", "cumulative uplink + downlink (MB, log scale)", "accuracy_vs_total.png"),
@@ -110,7 +112,9 @@ def plot_comparison(folder: Path, run_dirs: dict[str, list[Path]]) -> list[Path]
         for name, rounds in means.items():
             trained = rounds[rounds["round"] > 0]  # round 0 carries only the partition query
             x = trained[column] / (MB if "bytes" in column else 1)
-            axis.plot(x, trained["test_accuracy"], marker="o", markersize=3, label=name)
+            axis.plot(
+                x, trained["test_accuracy"], marker="o", markersize=3, label=name, color=color[name]
+            )
         if "bytes" in column:
             axis.set_xscale("log")
         axis.set_xlabel(label)
@@ -125,7 +129,14 @@ def plot_comparison(folder: Path, run_dirs: dict[str, list[Path]]) -> list[Path]
     ):
         for name, rounds in means.items():
             trained = rounds[rounds["round"] > 0]
-            axis.plot(trained["round"], trained[column] / MB, marker="o", markersize=3, label=name)
+            axis.plot(
+                trained["round"],
+                trained[column] / MB,
+                marker="o",
+                markersize=3,
+                label=name,
+                color=color[name],
+            )
         axis.set_yscale("log")
         axis.set_xlabel("round")
         axis.set_title(f"{label} bytes per round")
