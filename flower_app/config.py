@@ -6,6 +6,7 @@ line naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import tomllib
 from dataclasses import asdict, dataclass
@@ -19,9 +20,11 @@ from netsim.rounds import POLICIES
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 STRATEGIES = ("fedavg", "stc", "quant", "qsfl")
-MODEL_PARAMETERS = {"cnn": 1_663_370, "logistic": 7_850}  # tested against flower_app.models
+MODEL_PARAMETERS = {"cnn": 1_663_370, "logistic": 7_850, "pythia-14m": 14_067_712}  # tested
 MODELS = tuple(MODEL_PARAMETERS)
-DATASETS = ("fashion-mnist", "mnist", "synthetic")
+IMAGE_DATASETS, TEXT_DATASETS = ("fashion-mnist", "mnist", "synthetic"), ("shakespeare",)
+DATASETS = IMAGE_DATASETS + TEXT_DATASETS
+TEXT_MODELS = ("pythia-14m",)
 PARTITIONERS = ("iid", "dirichlet", "classes")
 QUANT_SCHEMES = ("uniform", "fixed", "progressive", "float", "e4m3", "e5m2")
 FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
@@ -233,6 +236,7 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
         ),
         net=_net_config(get),
     )
+    _check_model_and_data(config)
     parameters = MODEL_PARAMETERS[config.model]
     if config.qsfl.num_segments > parameters:
         raise ConfigError(
@@ -265,6 +269,26 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
     if not config.output_dir:
         raise ConfigError("output-dir='' is empty; give a folder for the run logs")
     return config
+
+
+def _check_model_and_data(config: ExperimentConfig) -> None:
+    """A language model goes with text (split IID), an image model with images."""
+    if (config.model in TEXT_MODELS) != (config.dataset in TEXT_DATASETS):
+        wanted = TEXT_DATASETS if config.model in TEXT_MODELS else IMAGE_DATASETS
+        raise ConfigError(
+            f"model='{config.model}' does not fit dataset='{config.dataset}'; allowed with "
+            f"this model: dataset in {', '.join(wanted)}"
+        )
+    if config.dataset in TEXT_DATASETS and config.partitioner != "iid":
+        raise ConfigError(
+            f"partitioner='{config.partitioner}' needs class labels, which text has not; "
+            f"allowed with dataset='{config.dataset}': iid"
+        )
+    if config.model in TEXT_MODELS and importlib.util.find_spec("transformers") is None:
+        raise ConfigError(
+            f"model='{config.model}' needs transformers, which is not installed; run "
+            "`make pythia` or `pip install -e '.[pythia]'`"
+        )
 
 
 def _quant_config(get: _Getter) -> QuantConfig:

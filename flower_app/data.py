@@ -74,14 +74,19 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
     Parameters
     ----------
     name : str
-        `fashion-mnist`, `mnist` or `synthetic`.
+        `fashion-mnist`, `mnist`, `synthetic` or `shakespeare` (byte windows, see text.py).
     data_dir : str
-        Folder of the IDX files; "" means the Debian package's folder for Fashion-MNIST.
+        Folder of the IDX files (or texts); "" means the Debian package's folder for
+        Fashion-MNIST, `.cache/shakespeare` for Shakespeare.
     seed : int
         Only used by `synthetic`.
     """
     if name == "synthetic":
         return synthetic_dataset(seed)
+    if name == "shakespeare":
+        from flower_app.text import text_dataset
+
+        return text_dataset(data_dir)
     if not data_dir and name == "mnist":
         raise DatasetMissingError(
             "dataset 'mnist' is not shipped on this machine; set data-dir to a folder holding "

@@ -47,7 +47,36 @@ class CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-MODEL_BUILDERS = {"logistic": Logistic, "cnn": CNN}
+class CausalLM(nn.Module):
+    """A Pythia-14m-shaped GPT-NeoX (random init) whose logits suit `nn.CrossEntropyLoss`.
+
+    EleutherAI's architecture: hidden 128, 6 layers, 4 heads, intermediate 512, vocabulary
+    50,304, rotary on a quarter of each head: 14,067,712 parameters, 56,270,848 bytes in
+    float32. Input: (batch, 65) token windows; output: (batch, 50304, 64) logits for tokens
+    1..64. Needs transformers (`pip install -e ".[pythia]"`), imported here only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        config = GPTNeoXConfig(
+            vocab_size=50304,
+            hidden_size=128,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            intermediate_size=512,
+            rotary_pct=0.25,
+            max_position_embeddings=2048,
+            tie_word_embeddings=False,
+        )
+        self.lm = GPTNeoXForCausalLM(config)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=tokens[:, :-1]).logits.transpose(1, 2)
+
+
+MODEL_BUILDERS = {"logistic": Logistic, "cnn": CNN, "pythia-14m": CausalLM}
 
 
 def build_model(name: str, seed: int) -> nn.Module:

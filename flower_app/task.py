@@ -48,7 +48,13 @@ def compute_device(name: str) -> torch.device:
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray) -> Tensors:
-    """Scale uint8 images to [0, 1], standardise, add the channel axis."""
+    """Scale uint8 images to [0, 1], standardise, add the channel axis.
+
+    Text comes as (n, 65) byte windows: the tokens are the input, bytes 1..64 the labels.
+    """
+    if images.ndim == 2:
+        tokens = torch.from_numpy(images.astype(np.int64))
+        return Tensors(tokens, tokens[:, 1:].contiguous())
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
     x = ((x - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
     return Tensors(x, torch.from_numpy(labels.astype(np.int64)))
@@ -153,7 +159,7 @@ def local_train(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Tensors, batch_size: int = 1000) -> tuple[float, float]:
-    """Return (mean cross-entropy loss, accuracy) on `data`."""
+    """Return (mean cross-entropy loss, accuracy) on `data`, per label (per token for text)."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
@@ -161,7 +167,7 @@ def evaluate(model: nn.Module, data: Tensors, batch_size: int = 1000) -> tuple[f
         labels = data.labels[start : start + batch_size]
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(1) == labels).sum())
-    return loss_sum / len(data), correct / len(data)
+    return loss_sum / data.labels.numel(), correct / data.labels.numel()
 
 
 def round_generator(seed: int, server_round: int, partition_id: int) -> torch.Generator:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+
 import pytest
 
 from flower_app.config import ConfigError, parse, pyproject_defaults, resolve
@@ -128,7 +131,8 @@ def test_run_config_string_parses_toml_values():
 def test_command_line_typo_is_one_line_and_exit_2(capsys):
     code = simulation_main(["--run-config", "model='cnnx'"])
     assert code == 2
-    assert capsys.readouterr().err == "error: model='cnnx' is not known; allowed: cnn, logistic\n"
+    expected = "error: model='cnnx' is not known; allowed: cnn, logistic, pythia-14m\n"
+    assert capsys.readouterr().err == expected
 
 
 @pytest.mark.parametrize(
@@ -151,6 +155,39 @@ def test_bad_network_settings_are_one_line(flat_config, overrides, message):
         parse(flat_config)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"model": "pythia-14m"},
+            "model='pythia-14m' does not fit dataset='synthetic'; allowed with this model: "
+            "dataset in shakespeare",
+        ),
+        (
+            {"dataset": "shakespeare"},
+            "model='logistic' does not fit dataset='shakespeare'; allowed with this model: "
+            "dataset in fashion-mnist, mnist, synthetic",
+        ),
+        (
+            {"model": "pythia-14m", "dataset": "shakespeare", "partitioner": "dirichlet"},
+            "partitioner='dirichlet' needs class labels, which text has not; allowed with "
+            "dataset='shakespeare': iid",
+        ),
+    ],
+)
+def test_a_language_model_goes_with_text(flat_config, overrides, message):
+    flat_config.update(overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(flat_config)
+
+
+def test_pythia_without_transformers_says_how_to_install_it(flat_config, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    flat_config.update({"model": "pythia-14m", "dataset": "shakespeare", "partitioner": "iid"})
+    with pytest.raises(ConfigError, match=r"needs transformers, which is not installed; run `make"):
+        parse(flat_config)
 
 
 def test_qsfl_segments_are_sparsified_or_quantized_not_both(flat_config):

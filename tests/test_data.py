@@ -15,6 +15,7 @@ from flower_app.data import (
     read_idx,
     synthetic_dataset,
 )
+from flower_app.text import text_dataset
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -75,6 +76,17 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
         load_dataset("mnist", str(tmp_path))
     with pytest.raises(DatasetMissingError, match="not shipped"):
         load_dataset("mnist", "")
+
+
+def test_text_becomes_byte_windows_with_the_last_16_for_testing(tmp_path):
+    (tmp_path / "b.txt").write_bytes(bytes(range(65)) * 20)
+    (tmp_path / "a.txt").write_bytes(b"x" * 64)
+    data = text_dataset(str(tmp_path))
+    # a.txt, "\n", b.txt: 64 + 1 + 1300 = 1365 bytes = 21 windows of 65: 5 train, 16 test
+    assert data.train_images.shape == (5, 65) and data.test_images.shape == (16, 65)
+    assert data.train_images[0].tobytes() == b"x" * 64 + b"\n"
+    with pytest.raises(DatasetMissingError, match="no .txt files in"):
+        text_dataset(str(tmp_path / "empty"))
 
 
 def test_synthetic_is_seeded():

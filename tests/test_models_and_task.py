@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from flower_app.config import MODEL_PARAMETERS, ConfigError, parse
 from flower_app.data import synthetic_dataset
-from flower_app.models import MODEL_BUILDERS, build_model
+from flower_app.models import build_model
 from flower_app.task import (
     client_data,
     compute_device,
@@ -29,7 +30,34 @@ def test_parameter_counts():
     assert count(build_model("logistic", 0)) == 7850
     assert count(build_model("cnn", 0)) == 1_663_370
     # the table config.py validates qsfl.num-segments with, without building a model
-    assert {name: count(build_model(name, 0)) for name in MODEL_BUILDERS} == MODEL_PARAMETERS
+    assert MODEL_PARAMETERS["cnn"] == 1_663_370 and MODEL_PARAMETERS["logistic"] == 7850
+
+
+def test_pythia_14m_shape_and_bytes():
+    pytest.importorskip("transformers")  # the optional extra: make pythia
+    model = build_model("pythia-14m", 0)
+    # embed_in and embed_out 2 x 50,304 x 128, 6 layers of 2,235,264 (+ final norm 256)
+    assert count(model) == MODEL_PARAMETERS["pythia-14m"] == 14_067_712
+    state = model.state_dict()
+    assert len(state) == 76
+    assert sum(v.numel() * v.element_size() for v in state.values()) == 56_270_848
+    logits = model(torch.zeros((2, 65), dtype=torch.int64))
+    assert logits.shape == (2, 50304, 64)  # (batch, vocabulary, predicted tokens)
+
+
+def test_text_windows_predict_their_next_bytes_and_accuracy_counts_tokens():
+    windows = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.uint8)
+    data = to_tensors(windows, np.zeros(2, np.int64))
+    assert data.labels.tolist() == [[2, 3, 4], [6, 7, 8]]
+
+    class PredictsTwo(torch.nn.Module):  # always predicts byte 2: one token of six right
+        def forward(self, tokens):
+            logits = torch.zeros(len(tokens), 10, tokens.shape[1] - 1)
+            logits[:, 2] = 10.0
+            return logits
+
+    _, accuracy = evaluate(PredictsTwo(), data)
+    assert accuracy == pytest.approx(1 / 6)
 
 
 def test_same_seed_same_initial_weights():
