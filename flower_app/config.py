@@ -248,11 +248,6 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
             f"qsfl.quantize=true with qsfl.top-p={config.qsfl.top_p}: a segment is either "
             "sparsified or quantized; allowed: qsfl.top-p = 1 with qsfl.quantize = true"
         )
-    if config.strategy == "qsfl" and config.net.simulated:
-        raise ConfigError(
-            f"strategy='qsfl' does not run on a simulated network yet (net.channel="
-            f"'{config.net.channel}'); allowed with qsfl: net.channel='none'"
-        )
     if config.net.policy == "partial" and (
         config.strategy != "quant" or config.quant.scheme != "progressive"
     ):

@@ -97,7 +97,7 @@ class BandwidthFedAvg(FedAvg):
         self._global_shapes: dict[str, tuple[int, ...]] = {}
         self.clock = NetworkClock(config.net, config.seed) if config.net.simulated else None
         self._keep = 0  # updates a round needs (fewer than selected under overcommit)
-        self._timelines: dict[int, Timeline] = {}  # this round's simulated times per client
+        self._timelines: dict[str, dict[int, Timeline]] = {}  # phase -> simulated times
         self._late_refinements: set[int] = set()  # clients whose refinement missed the deadline
 
     # ------------------------------------------------------------------ discovery
@@ -145,6 +145,9 @@ class BandwidthFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Select partitions (seeded) and send each the global model; log each message."""
         self._start_round(server_round)
+        self._timelines = {}
+        if self.clock is not None:
+            self.clock.begin_round()
         self._global = {name: array.numpy() for name, array in arrays.items()}
         self._global_shapes = {name: value.shape for name, value in self._global.items()}
         messages = self._broadcast(server_round, "train", arrays, config)
@@ -158,7 +161,7 @@ class BandwidthFedAvg(FedAvg):
         accepted = []
         replies = self._sorted(replies)
         received = [self._receive(reply) for reply in replies]
-        network_status = self._time_round(replies, received)
+        network_status = self._time_round(self.upload_phase, replies, received)
         for reply, measured in zip(replies, received, strict=True):
             if network_status.get(self._partition(reply)) == "dropped":
                 status = "dropped"
@@ -177,27 +180,33 @@ class BandwidthFedAvg(FedAvg):
             self._round["train_loss"] = float(metrics.get(keys.TRAIN_LOSS, float("nan")))
         return arrays, metrics
 
-    def _time_round(self, replies: list[Message], received: list[tuple]) -> dict[int, str]:
-        """Simulated times of this round's messages and the straggler policy's verdicts."""
-        self._timelines, self._late_refinements = {}, set()
+    def _time_round(
+        self, phase: str, replies: list[Message], received: list[tuple]
+    ) -> dict[int, str]:
+        """Simulated times of a phase's messages and the straggler policy's verdicts.
+
+        Clients compute in phase `train` only (QSFL's `upload` sends what was trained).
+        """
+        self._late_refinements = set()
         if self.clock is None:
             return {}
         down_bits = {
             row["partition_id"]: 8 * row["measured"]
-            for (phase, _), row in self._pending.items()
-            if phase == "train"
+            for (pending_phase, _), row in self._pending.items()
+            if pending_phase == phase
         }
         uploads = {}  # partition -> (samples trained, bits up, of which refinement)
         for reply, (measured, _) in zip(replies, received, strict=True):
             partition_id = self._partition(reply)
             if not reply.has_error() and partition_id in down_bits:
-                refine_bits = 8 * self.refinement_bytes(reply)
-                uploads[partition_id] = (self._samples(reply), 8 * measured, refine_bits)
+                samples = self._samples(reply) if phase == "train" else 0
+                uploads[partition_id] = (samples, 8 * measured, 8 * self.refinement_bytes(reply))
         transfers = [
             Transfer(partition_id, bits, *uploads.get(partition_id, (0, 0, 0)))
             for partition_id, bits in down_bits.items()
         ]
-        self._timelines, status = self.clock.run_round(transfers, set(uploads), self._keep)
+        keep = self._keep if phase == "train" else len(transfers)
+        self._timelines[phase], status = self.clock.run_round(transfers, set(uploads), keep)
         self._late_refinements = {p for p, s in status.items() if s == "partial"}
         return status
 
@@ -462,7 +471,7 @@ class BandwidthFedAvg(FedAvg):
         self, partition_id: int, phase: str, direction: str, status: str
     ) -> tuple[float | str, float | str]:
         """A train message's simulated start and end ("" without a network or a reply)."""
-        timeline = self._timelines.get(partition_id) if phase == "train" else None
+        timeline = self._timelines.get(phase, {}).get(partition_id)
         if timeline is None or status == "failed":
             return "", ""
         if direction == "down":

@@ -1,8 +1,9 @@
 """The simulated network of a run, adapted from `netsim` to the `net.*` run-config.
 
-`NetworkClock` holds the simulated time. Each train round it takes the sizes actually sent
-(down and up, in bytes as measured) and the samples each client trained on, times every
-client's messages, applies the straggler policy and moves the clock to the round's end.
+`NetworkClock` holds the simulated time. Each train round (or each phase of one: QSFL has two)
+it takes the sizes actually sent (down and up, in bytes as measured) and the samples each
+client trained on, times every client's messages, applies the straggler policy (the deadline
+counts from the phase's start) and moves the clock to the phase's end.
 """
 
 from __future__ import annotations
@@ -83,20 +84,24 @@ class NetworkClock:
             return count
         return min(available, math.ceil(count * self.net.overcommit - 1e-9))
 
+    def begin_round(self) -> None:
+        """Mark the start of a round (the rates logged for it begin here)."""
+        self.round_start = self.now
+
     def run_round(
         self, transfers: list[Transfer], answered: set[int], keep: int
     ) -> tuple[dict[int, Timeline], dict[int, str]]:
-        """Time a round's transfers; `answered` are the clients whose reply came back.
+        """Time a round's (or phase's) transfers; `answered`: the clients whose reply came.
 
         Returns every client's timeline and the policy's status of each answering client,
-        and moves the clock to the round's end.
+        and moves the clock to the end.
         """
-        self.round_start = self.now
-        timelines = {t.partition_id: self.network.timeline(self.now, t) for t in transfers}
+        start = self.now
+        timelines = {t.partition_id: self.network.timeline(start, t) for t in transfers}
         status, self.now = apply_policy(
             [timelines[p] for p in sorted(answered)],
             self.net.policy,
-            self.round_start,
+            start,
             self.net.deadline_s,
             keep,
         )

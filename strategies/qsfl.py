@@ -7,8 +7,10 @@ score = (1 - beta) x relevance + beta x contribution, contribution = loss / the 
 loss, and asks the top int(candidates x upload-fraction) (at least one) to upload. Phase
 `upload`: each of them sends segment (partition_id + round) mod S of its update, dense or top-p.
 The server averages each segment over its senders (weighted by examples) and leaves a segment
-nobody sent unchanged. Logs: selection.csv (every candidate's scores), segments.csv (senders per
-segment and round).
+nobody sent unchanged. On a simulated network each phase is timed on its own (the deadline
+counts from the phase's start): a report that misses it leaves its client out of the ranking,
+an upload that misses it leaves its segment out. Logs: selection.csv (every candidate's
+scores), segments.csv (senders per segment and round).
 """
 
 from __future__ import annotations
@@ -105,10 +107,13 @@ class QsflFedAvg(CodedFedAvg):
         candidates = list(super().configure_train(server_round, arrays, config, grid))
         self._size = sum(value.size for value in self._global.values())
         replies = self._sorted(grid.send_and_receive(candidates, timeout=PHASE_TIMEOUT_S))
+        received = [self._receive(reply) for reply in replies]
+        network_status = self._time_round("train", replies, received)
         reports = []
-        for reply in replies:
-            measured = self._receive(reply)
+        for reply, measured in zip(replies, received, strict=True):
             report, status = self._read_report(reply)
+            if status == "delivered" and network_status.get(self._partition(reply)) == "dropped":
+                report, status = None, "dropped"
             self._log_reply(server_round, "train", reply, status, measured)
             if report is not None:
                 reports.append(report)

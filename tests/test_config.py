@@ -194,9 +194,3 @@ def test_qsfl_segments_are_sparsified_or_quantized_not_both(flat_config):
     flat_config.update({"strategy": "qsfl", "qsfl.quantize": True, "qsfl.top-p": 0.1})
     with pytest.raises(ConfigError, match="qsfl.quantize=true with qsfl.top-p=0.1"):
         parse(flat_config)
-
-
-def test_qsfl_on_a_simulated_network_is_refused_before_round_1(flat_config):
-    flat_config.update({"strategy": "qsfl", "net.channel": "random-walk"})
-    with pytest.raises(ConfigError, match="strategy='qsfl' does not run on a simulated network"):
-        parse(flat_config)

@@ -24,6 +24,7 @@ from mods import keys
 from mods.qsfl_mod import decode_segment, pack_signs, qsfl_mod, upload_segment
 from mods.quant_mod import spec_config
 from strategies.qsfl import QsflFedAvg, Report, choose_uploaders, score_reports
+from tests.test_network_preset import write_trace
 from tests.test_strategy import FakeGrid, model, read_rows, task_identity  # noqa: F401
 
 
@@ -304,3 +305,47 @@ def test_a_malformed_report_is_left_out_of_the_ranking(flat_config, tmp_path):
         ("2", "rejected"),
         ("3", "delivered"),
     ]
+
+
+def test_on_a_network_each_phase_is_timed_and_a_late_report_is_dropped(flat_config, tmp_path):
+    # Prepare: clients 0-2 on links so fast that only their 1 s of compute counts
+    # (10 examples x 0.1 s); client 3's downlink of 100 bit/s takes minutes: its report
+    # misses the 5 s deadline of phase 1, which therefore ends at 5.0 s
+    trace = {c: [(0, 1e12, 1e12)] for c in range(3)} | {3: [(0, 1e12, 100)]}
+    flat_config.update(
+        {
+            "strategy": "qsfl",
+            "fraction-train": 1.0,
+            "qsfl.upload-fraction": 0.5,
+            "net.channel": "trace",
+            "net.trace-file": write_trace(tmp_path / "trace.csv", trace),
+            "net.policy": "drop",
+            "net.deadline-s": 5.0,
+            "net.seconds-per-sample": 0.1,
+            "net.compute-sigma": 0.0,
+        }
+    )
+    recorder = Recorder(tmp_path / "run")
+    strategy = QsflFedAvg(parse(flat_config), recorder)
+    grid = ReportingGrid({0: (1.0, 0.4), 1: (2.0, 0.2), 2: (0.5, 0.75), 3: (9.0, 0.9)})
+    strategy.discover_partitions(grid)
+    # Execute: 3 reports in time -> int(3 x 0.5) = 1 upload, client 1 (the highest loss)
+    (request,) = strategy.configure_train(1, model(), ConfigRecord(), grid)
+    strategy.aggregate_train(1, [segment_reply(request, [1.0, 2.0], 10)])  # 9 = 2+2+2+1+1+1
+    row = strategy.finish_round(1, test_loss=1.0, test_accuracy=0.5)
+    # Assert
+    rows = read_rows(recorder)
+    up = [r for r in rows if r["direction"] == "up"]
+    reports = {r["partition_id"]: r for r in up if r["phase"] == "train"}
+    assert {p: r["status"] for p, r in reports.items()} == {
+        "0": "delivered",
+        "1": "delivered",
+        "2": "delivered",
+        "3": "dropped",
+    }
+    assert float(reports["0"]["sim_end_s"]) == pytest.approx(1.0)
+    assert [r["partition_id"] for r in read_rows(recorder, "selection.csv")] == ["0", "1", "2"]
+    (upload,) = [r for r in up if r["phase"] == "upload"]
+    assert upload["partition_id"] == "1" and upload["status"] == "delivered"
+    assert float(upload["sim_start_s"]) == pytest.approx(5.0)  # phase 2 starts after phase 1
+    assert row["sim_time_s"] == pytest.approx(5.0, abs=1e-6)  # + the fast uploads
