@@ -62,6 +62,49 @@ def top_k_positions(
     return np.sort(kept)
 
 
+def sparsify(
+    tensors: list[np.ndarray],
+    p: float,
+    approx: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per tensor: its flat float32 values, the kept positions and their Golomb-Rice code.
+
+    The kept positions are the (approximate) top ceil(p * N) magnitudes, never an exact zero.
+
+    Raises
+    ------
+    ValueError
+        When p or approx is outside (0, 1], or a tensor holds NaN or inf.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"p={p} is out of range; allowed: (0, 1]")
+    if not 0.0 < approx <= 1.0:
+        raise ValueError(f"approx={approx} is out of range; allowed: (0, 1]")
+    kept = []
+    for index, tensor in enumerate(tensors):
+        flat = np.asarray(tensor, dtype=np.float32).ravel()
+        if not np.isfinite(flat).all():
+            raise ValueError(f"tensor {index} holds NaN or inf; refusing to encode it")
+        magnitudes = np.abs(flat)
+        positions = top_k_positions(magnitudes, keep_count(flat.size, p), approx, rng)
+        positions = positions[magnitudes[positions] > 0]
+        b = rice_parameter(positions.size / flat.size) if flat.size else 0
+        kept.append((flat, positions, gap_bits(positions, b)))
+    return kept
+
+
+def read_positions(bits: np.ndarray, offset: int, count: int, size: int) -> tuple[np.ndarray, int]:
+    """The `count` positions coded at `offset` of a tensor of `size` entries; the new offset."""
+    if count > size:
+        raise ValueError(f"count {count} exceeds the tensor's {size} entries")
+    b = rice_parameter(count / size) if size else 0
+    positions, used = read_gaps(bits[offset:], count, b, size)
+    if positions.size and positions[-1] >= size:
+        raise ValueError("the position stream does not fit the tensor")
+    return positions, offset + used
+
+
 def encode(
     tensors: list[np.ndarray],
     p: float,
@@ -76,21 +119,11 @@ def encode(
     ValueError
         When p or approx is outside (0, 1], or a tensor holds NaN or inf.
     """
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"p={p} is out of range; allowed: (0, 1]")
-    if not 0.0 < approx <= 1.0:
-        raise ValueError(f"approx={approx} is out of range; allowed: (0, 1]")
     streams, counts, means = [], [], []
-    for index, tensor in enumerate(tensors):
-        flat = np.asarray(tensor, dtype=np.float32).ravel()
-        if not np.isfinite(flat).all():
-            raise ValueError(f"tensor {index} holds NaN or inf; refusing to encode it")
-        magnitudes = np.abs(flat)
-        positions = top_k_positions(magnitudes, keep_count(flat.size, p), approx, rng)
-        positions = positions[magnitudes[positions] > 0]  # a kept zero would become +-mu
-        mean = np.float32(magnitudes[positions].mean()) if positions.size else np.float32(0)
-        b = rice_parameter(positions.size / flat.size) if flat.size else 0
-        streams += [gap_bits(positions, b), (flat[positions] < 0).astype(np.uint8)]
+    for flat, positions, position_bits in sparsify(tensors, p, approx, rng):
+        magnitudes = np.abs(flat[positions])  # a kept zero would have become +-mu
+        mean = np.float32(magnitudes.mean()) if positions.size else np.float32(0)
+        streams += [position_bits, (flat[positions] < 0).astype(np.uint8)]
         counts.append(positions.size)
         means.append(mean)
     bits = np.concatenate(streams) if streams else np.zeros(0, np.uint8)
@@ -122,15 +155,11 @@ def decode_arrays(
     tensors, offset = [], 0
     for shape, count, mean in zip(shapes, counts, means, strict=True):
         size, count = math.prod(shape), int(count)
-        if count > size:
-            raise ValueError(f"count {count} exceeds the tensor's {size} entries")
-        b = rice_parameter(count / size) if size else 0
-        positions, used = read_gaps(bits[offset:], count, b, size)
-        offset += used
+        positions, offset = read_positions(bits, offset, count, size)
         signs = bits[offset : offset + count]
         offset += count
-        if len(signs) != count or (positions.size and positions[-1] >= size):
-            raise ValueError("the position or sign stream does not fit the tensor")
+        if len(signs) != count:
+            raise ValueError("the sign stream does not fit the tensor")
         flat = np.zeros(size, dtype=np.float32)
         flat[positions] = np.where(signs == 1, -mean, mean)
         tensors.append(flat.reshape(shape))

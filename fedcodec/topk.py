@@ -18,8 +18,7 @@ import math
 import numpy as np
 
 from fedcodec.encoded import Encoded
-from fedcodec.golomb import gap_bits, read_gaps, rice_parameter
-from fedcodec.stc import keep_count, top_k_positions
+from fedcodec.stc import read_positions, sparsify
 
 ARRAY_NAMES = ("bits", "counts", "values")
 
@@ -32,18 +31,9 @@ def encode(tensors: list[np.ndarray], p: float) -> Encoded:
     ValueError
         When p is outside (0, 1] or a tensor holds NaN or inf.
     """
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"p={p} is out of range; allowed: (0, 1]")
     streams, counts, values = [], [], []
-    for index, tensor in enumerate(tensors):
-        flat = np.asarray(tensor, dtype=np.float32).ravel()
-        if not np.isfinite(flat).all():
-            raise ValueError(f"tensor {index} holds NaN or inf; refusing to encode it")
-        magnitudes = np.abs(flat)
-        positions = top_k_positions(magnitudes, keep_count(flat.size, p))
-        positions = positions[magnitudes[positions] > 0]
-        b = rice_parameter(positions.size / flat.size) if flat.size else 0
-        streams.append(gap_bits(positions, b))
+    for flat, positions, position_bits in sparsify(tensors, p):
+        streams.append(position_bits)
         counts.append(positions.size)
         values.append(flat[positions])
     bits = np.concatenate(streams) if streams else np.zeros(0, np.uint8)
@@ -70,13 +60,7 @@ def decode_arrays(
     tensors, offset, start = [], 0, 0
     for shape, count in zip(shapes, counts, strict=True):
         size, count = math.prod(shape), int(count)
-        if count > size:
-            raise ValueError(f"count {count} exceeds the tensor's {size} entries")
-        b = rice_parameter(count / size) if size else 0
-        positions, used = read_gaps(bits[offset:], count, b, size)
-        offset += used
-        if positions.size and positions[-1] >= size:
-            raise ValueError("the position stream does not fit the tensor")
+        positions, offset = read_positions(bits, offset, count, size)
         flat = np.zeros(size, dtype=np.float32)
         flat[positions] = values[start : start + count]
         start += count
