@@ -16,12 +16,13 @@ from mods.qsfl_mod import qsfl_mod, upload_segment
 from mods.quant_mod import quant_mod
 from mods.size_mod import payload_size_mod
 from mods.stc_mod import stc_mod
+from mods.topk_mod import topk_mod
 
 
 def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
     # the size mod first: it measures the message before decoding and the reply after encoding
-    app = ClientApp(mods=[payload_size_mod, stc_mod, quant_mod, qsfl_mod])
+    app = ClientApp(mods=[payload_size_mod, stc_mod, topk_mod, quant_mod, qsfl_mod])
     app.train("upload")(upload_segment)  # QSFL's phase 2: message type "train.upload"
 
     def setup(context: Context) -> tuple[ExperimentConfig, int, int]:

@@ -19,7 +19,7 @@ from netsim.rounds import POLICIES
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
-STRATEGIES = ("fedavg", "stc", "quant", "qsfl")
+STRATEGIES = ("fedavg", "stc", "topk", "quant", "qsfl")
 MODEL_PARAMETERS = {"cnn": 1_663_370, "logistic": 7_850, "pythia-14m": 14_067_712}  # tested
 MODELS = tuple(MODEL_PARAMETERS)
 IMAGE_DATASETS, TEXT_DATASETS = ("fashion-mnist", "mnist", "synthetic"), ("shakespeare",)
@@ -46,6 +46,14 @@ class StcConfig:
     accumulate_up: bool
     accumulate_down: bool
     approx: float
+
+
+@dataclass(frozen=True)
+class TopkConfig:
+    """`topk.*`: top-k sparsified uplink, float32 values (used when strategy = "topk")."""
+
+    p_up: float
+    error_feedback: bool
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,7 @@ class ExperimentConfig:
     output_dir: str
     run_name: str
     stc: StcConfig
+    topk: TopkConfig
     quant: QuantConfig
     qsfl: QsflConfig
     net: NetConfig
@@ -223,6 +232,10 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
             accumulate_up=get.boolean("stc.accumulate-up"),
             accumulate_down=get.boolean("stc.accumulate-down"),
             approx=get.number("stc.approx", low=0.0, high=1.0, low_open=True),
+        ),
+        topk=TopkConfig(
+            p_up=get.number("topk.p-up", low=0.0, high=1.0, low_open=True),
+            error_feedback=get.boolean("topk.error-feedback"),
         ),
         quant=_quant_config(get),
         qsfl=QsflConfig(

@@ -35,6 +35,10 @@ DOWN_QUANT = "down.quant"  # ArrayRecord of the uniformly quantized global model
 DOWN_NAMES = "down.names"  # its tensor names, in order
 DOWN_SHAPES = "down.shapes"  # per tensor: its rank, then its dimensions
 
+# Top-k uplink (see mods/topk_mod.py)
+TOPK_P_UP = "topk.p-up"
+TOPK_ERROR_FEEDBACK = "topk.error-feedback"
+
 # QSFL (see mods/qsfl_mod.py): phase 1 trains and reports scalars, phase 2 uploads a segment
 UPLOAD = "train.upload"  # message type of the phase-2 request
 QSFL_RELEVANCE = "qsfl.relevance"  # "update" or "weights": what the update's signs are compared to
@@ -54,5 +58,6 @@ UP_BYTES = "up-bytes"  # the reply as it left, before this record was added
 STATE_GLOBAL = "stc.global"  # its copy of the global model
 STATE_RESIDUAL = "stc.residual"  # its uplink error-feedback residual
 STATE_QUANT_RESIDUAL = "quant.residual"  # its quantized-uplink error-feedback residual
+STATE_TOPK_RESIDUAL = "topk.residual"  # its top-k uplink error-feedback residual
 STATE_QSFL_UPDATE = "qsfl.update"  # its last flat update, kept for a possible upload
 STATE_QSFL_REPORT = "qsfl.report"  # the round, loss and examples of that update

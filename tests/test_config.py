@@ -22,7 +22,11 @@ def test_pyproject_defaults_parse():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("strategy", "fedprox", "strategy='fedprox' is not known; allowed: fedavg, stc, quant"),
+        (
+            "strategy",
+            "fedprox",
+            "strategy='fedprox' is not known; allowed: fedavg, stc, topk, quant",
+        ),
         ("model", "resnet", "model='resnet' is not known; allowed: cnn, logistic"),
         ("dataset", "cifar10", "dataset='cifar10' is not known; allowed: fashion-mnist, mnist"),
         ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
