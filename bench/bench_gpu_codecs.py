@@ -79,7 +79,7 @@ def stc_decode(arrays: dict[str, torch.Tensor], shapes: list[tuple[int, ...]]) -
         quotients = torch.diff(ends, prepend=ends.new_tensor([-1])) - 1
         tail = bits[offset + unary : offset + unary + b * count].reshape(count, b).long()
         weights = 1 << torch.arange(b - 1, -1, -1, device=bits.device)
-        positions = torch.cumsum((quotients << b) + tail @ weights + 1, 0) - 1
+        positions = torch.cumsum((quotients << b) + (tail * weights).sum(1) + 1, 0) - 1
         offset += unary + b * count
         signs = bits[offset : offset + count]
         offset += count
@@ -93,7 +93,8 @@ def uniform_encode(tensors: list[torch.Tensor], bits: int) -> dict[str, torch.Te
     """fedcodec.quant uniform (nearest) on torch tensors: packed codes, lows, steps."""
     top = (1 << bits) - 1
     lows = torch.stack([t.min() for t in tensors])
-    steps = (torch.stack([t.max() for t in tensors]) - lows) / top
+    # a tensor divisor: CUDA divides by a Python number as a multiplication by its reciprocal
+    steps = (torch.stack([t.max() for t in tensors]) - lows) / torch.full_like(lows, top)
     codes = torch.cat(
         [
             ((t.reshape(-1) - low) / step + 0.5).clamp(0, top).to(torch.uint8)
