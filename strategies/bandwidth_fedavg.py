@@ -368,7 +368,17 @@ class BandwidthFedAvg(FedAvg):
         config: ConfigRecord,
     ) -> tuple[RecordDict, dict]:
         """The content sent to one client and its log fields; here the dense global model."""
+        if phase == "train":
+            config = self.train_config(config)
         return RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dense_fields(arrays)
+
+    def train_config(self, config: ConfigRecord) -> ConfigRecord:
+        """A train message's config: the round's, plus the preset's `codec_entries`."""
+        return ConfigRecord(dict(config) | self.codec_entries())
+
+    def codec_entries(self) -> dict:
+        """Config entries telling a client how to encode its update; none for FedAvg."""
+        return {}
 
     def reply_fields(self, phase: str, reply: Message) -> dict:
         """Log fields (codec, payload_bits, dense_bytes) of a reply; here a dense model."""

@@ -96,7 +96,6 @@ class QsflFedAvg(CodedFedAvg):
         self.settings = self.config.qsfl
         self.spec = self.config.quant.spec.validate() if self.settings.quantize else None
         self._signs: np.ndarray | None = None  # packed signs of the last global update
-        self._size = 0  # entries of the flat model
         self._segments: dict[int, int] = {}  # partition -> segment asked of it this round
 
     # ---------------------------------------------------------------- phase 1
@@ -105,7 +104,6 @@ class QsflFedAvg(CodedFedAvg):
     ) -> Iterable[Message]:
         """Run phase 1 (train, report scalars) here; return phase 2's upload requests."""
         candidates = list(super().configure_train(server_round, arrays, config, grid))
-        self._size = sum(value.size for value in self._global.values())
         replies = self._sorted(grid.send_and_receive(candidates, timeout=PHASE_TIMEOUT_S))
         received = [self._receive(reply) for reply in replies]
         network_status = self._time_round("train", replies, received)
@@ -130,16 +128,14 @@ class QsflFedAvg(CodedFedAvg):
     ) -> tuple[RecordDict, dict]:
         """The dense model, the QSFL settings and (mode "update") the last update's signs."""
         content, fields = super().downlink(server_round, phase, partition_id, arrays, config)
-        if phase != "train":
-            return content, fields
-        content[keys.CONFIG] = ConfigRecord(
-            dict(config) | {keys.CODEC: "qsfl", keys.QSFL_RELEVANCE: self.settings.relevance}
-        )
-        if self.settings.relevance == "update" and self._signs is not None:
+        if phase == "train" and self.settings.relevance == "update" and self._signs is not None:
             content[keys.QSFL_SIGNS] = ArrayRecord({"signs": Array(self._signs)})
             size = fields["dense_bytes"] // 4
             fields = fields | {"codec": "float32+signs", "payload_bits": 33 * size}
         return content, fields
+
+    def codec_entries(self) -> dict:
+        return {keys.CODEC: "qsfl", keys.QSFL_RELEVANCE: self.settings.relevance}
 
     def _read_report(self, reply: Message) -> tuple[Report | None, str]:
         """A candidate's report and its status (`failed`, `rejected` or `delivered`)."""
@@ -197,7 +193,7 @@ class QsflFedAvg(CodedFedAvg):
         messages = []
         for partition_id in chosen:
             request = ConfigRecord(
-                self._codec_entries()
+                self._upload_entries()
                 | {
                     keys.SERVER_ROUND: server_round,
                     keys.QSFL_SEGMENT: segment_of[partition_id],
@@ -209,7 +205,7 @@ class QsflFedAvg(CodedFedAvg):
             messages.append(Message(content, message_type=keys.UPLOAD, dst_node_id=node_id))
         return messages
 
-    def _codec_entries(self) -> dict:
+    def _upload_entries(self) -> dict:
         """How every chosen client encodes its segment (the request's config)."""
         entries = {
             keys.QSFL_NUM_SEGMENTS: self.settings.num_segments,
@@ -241,7 +237,7 @@ class QsflFedAvg(CodedFedAvg):
             )
             for r in accepted
         ]
-        update, senders = average_segments(self._size, self.settings.num_segments, sent)
+        update, senders = average_segments(self._flat_size, self.settings.num_segments, sent)
         self.recorder.log_rows(
             "segments.csv",
             SEGMENT_COLUMNS,
@@ -255,8 +251,13 @@ class QsflFedAvg(CodedFedAvg):
         self._signs = pack_signs(update)
         return unflatten(update, list(self._global_shapes.values()))
 
+    @property
+    def _flat_size(self) -> int:
+        """Entries of this round's global model, flattened."""
+        return sum(value.size for value in self._global.values())
+
     def _bounds(self) -> list[tuple[int, int]]:
-        return segment_bounds(self._size, self.settings.num_segments)
+        return segment_bounds(self._flat_size, self.settings.num_segments)
 
 
 def _report_problem(metrics: MetricRecord | None) -> str:

@@ -55,17 +55,18 @@ class QuantFedAvg(CodedFedAvg):
         """The train config with the uplink spec; the model dense or quantized."""
         if phase != "train":
             return super().downlink(server_round, phase, partition_id, arrays, config)
-        client_config = ConfigRecord(
-            dict(config)
-            | spec_config(self.spec, self.config.quant.error_feedback)
-            | {keys.SEED: self.config.seed}
-        )
+        client_config = self.train_config(config)
         if not self.config.quant.down_bits:
             content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: client_config})
             return content, dense_fields(arrays)
         record, entries, fields = self._quantized_model(server_round)
         client_config = ConfigRecord(dict(client_config) | entries)
         return RecordDict({keys.DOWN_QUANT: record, keys.CONFIG: client_config}), fields
+
+    def codec_entries(self) -> dict:
+        return spec_config(self.spec, self.config.quant.error_feedback) | {
+            keys.SEED: self.config.seed
+        }
 
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]

@@ -42,17 +42,7 @@ class StcFedAvg(CodedFedAvg):
         """Catch-up deltas since the client's last sync, or the dense model if smaller."""
         if phase != "train":
             return super().downlink(server_round, phase, partition_id, arrays, config)
-        settings = self.config.stc
-        client_config = ConfigRecord(
-            dict(config)
-            | {
-                keys.CODEC: "stc",
-                keys.STC_P_UP: settings.p_up,
-                keys.STC_APPROX: settings.approx,
-                keys.STC_ACCUMULATE_UP: settings.accumulate_up,
-                keys.SEED: self.config.seed,
-            }
-        )
+        client_config = self.train_config(config)
         last = self.synced.get(partition_id)
         # rounds without an accepted update left the model unchanged and sent nothing
         missed = (
@@ -75,6 +65,16 @@ class StcFedAvg(CodedFedAvg):
         content = RecordDict({keys.DOWN: deltas, keys.CONFIG: client_config})
         fields = {"codec": "stc", "payload_bits": catch_up_bits, "dense_bytes": dense_bits // 8}
         return content, fields
+
+    def codec_entries(self) -> dict:
+        settings = self.config.stc
+        return {
+            keys.CODEC: "stc",
+            keys.STC_P_UP: settings.p_up,
+            keys.STC_APPROX: settings.approx,
+            keys.STC_ACCUMULATE_UP: settings.accumulate_up,
+            keys.SEED: self.config.seed,
+        }
 
     # ---------------------------------------------------------------- uplink
     def decode_update(

@@ -7,7 +7,6 @@ weighted by examples and adds the mean to the global model, which goes down dens
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedcodec import topk
 from mods import keys
@@ -18,26 +17,12 @@ from strategies.coded import CodedFedAvg, DecodedUpdate
 class TopkFedAvg(CodedFedAvg):
     """FedAvg over top-k sparsified updates."""
 
-    def downlink(
-        self,
-        server_round: int,
-        phase: str,
-        partition_id: int,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-    ) -> tuple[RecordDict, dict]:
-        """The dense model and the uplink settings."""
-        content, fields = super().downlink(server_round, phase, partition_id, arrays, config)
-        if phase == "train":
-            content[keys.CONFIG] = ConfigRecord(
-                dict(config)
-                | {
-                    keys.CODEC: CODEC,
-                    keys.TOPK_P_UP: self.config.topk.p_up,
-                    keys.TOPK_ERROR_FEEDBACK: self.config.topk.error_feedback,
-                }
-            )
-        return content, fields
+    def codec_entries(self) -> dict:
+        return {
+            keys.CODEC: CODEC,
+            keys.TOPK_P_UP: self.config.topk.p_up,
+            keys.TOPK_ERROR_FEEDBACK: self.config.topk.error_feedback,
+        }
 
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
