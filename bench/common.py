@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: the Pythia-14m tensor shapes and a median timer."""
+"""Shared by the benchmarks: the Pythia-14m tensor shapes and a paired timer."""
 
 from __future__ import annotations
 
@@ -27,10 +27,20 @@ def pythia_14m_shapes() -> list[tuple[int, ...]]:
     return [(VOCAB, HIDDEN)] + layer * LAYERS + [(HIDDEN,), (HIDDEN,), (VOCAB, HIDDEN)]
 
 
-def median_time(action, repeats: int) -> float:
-    times = []
+def paired_times(baseline, action, repeats: int) -> tuple[float, float, float]:
+    """Time `baseline` and `action` alternately: (median baseline s, median action s, ratio).
+
+    The ratio is the median of the per-pair ratios, so that a slow spell of a noisy machine
+    slows both sides of a pair instead of one column of the table.
+    """
+    pairs = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        pair = []
+        for call in (baseline, action):
+            start = time.perf_counter()
+            call()
+            pair.append(time.perf_counter() - start)
+        pairs.append(pair)
+    base, timed = zip(*pairs, strict=True)
+    ratio = statistics.median(t / b for b, t in pairs)
+    return statistics.median(base), statistics.median(timed), ratio

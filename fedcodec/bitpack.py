@@ -1,16 +1,25 @@
 """Pack k-bit codes (1 <= k <= 8) into a byte stream, most significant bit first.
 
 The result is bit for bit `np.packbits` of the codes written out k bits each, built with
-whole-array shifts instead of one byte per bit: when k divides 8, 8 / k codes share a byte;
-otherwise eight codes (8 x k bits) are merged pairwise into a uint64 word whose low k bytes
-are the packed group.
+whole-array integer operations instead of one byte per bit:
+
+- k = 1: `np.packbits` itself.
+- k = 2, 4: the 8 / k codes of a byte are read as one little-endian word; one multiplication
+  moves every code to its place in the top byte (the other products land below it, carry-free),
+  and one multiplication spreads a byte back into the word.
+- other k: a group of G codes fills B = G k / 8 bytes; each byte is the OR of the shifted codes
+  that overlap it (the `_layout`), computed column by column over cache-sized blocks.
 """
 
 from __future__ import annotations
 
+import math
+from functools import cache
+
 import numpy as np
 
-GROUP = 8  # codes per group when k does not divide 8: 8 x k <= 64 bits
+WORDS = {2: np.dtype("<u4"), 4: np.dtype("<u2")}  # codes per byte read as one word
+BLOCK = 1 << 15  # groups per block of the column packer
 
 
 def packed_bytes(count: int, bits: int) -> int:
@@ -24,18 +33,24 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     codes = np.asarray(codes, dtype=np.uint8).ravel()
     if bits == 8:
         return codes.copy()
-    per = 8 // bits if 8 % bits == 0 else GROUP
-    columns = _padded(codes, per).reshape(-1, per)
-    if 8 % bits == 0:
-        packed = columns[:, 0] << (bits * (per - 1))
-        for j in range(1, per):
-            packed |= columns[:, j] << (bits * (per - 1 - j))
-        return packed
-    halves = (columns[:, 0::2].astype(np.uint16) << bits) | columns[:, 1::2]
-    quarters = (halves[:, 0::2].astype(np.uint32) << (2 * bits)) | halves[:, 1::2]
-    words = (quarters[:, 0].astype(np.uint64) << np.uint64(4 * bits)) | quarters[:, 1]
-    word_bytes = words.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - bits :]
-    return word_bytes.ravel()[: packed_bytes(codes.size, bits)].copy()
+    if bits == 1:
+        return np.packbits(codes.view(bool))
+    if bits in WORDS:
+        per = 8 // bits
+        words = _padded(codes, per).view(WORDS[bits])
+        spread = sum(1 << ((8 + bits) * (per - 1 - i)) for i in range(per))
+        words = words * words.dtype.type(spread)
+        words >>= 8 * (per - 1)
+        return words.astype(np.uint8)
+    group, width, pieces = _layout(bits)
+    columns = _padded(codes, group).reshape(-1, group)
+    packed = np.empty((columns.shape[0], width), dtype=np.uint8)
+    for start in range(0, columns.shape[0], BLOCK):
+        block = columns[start : start + BLOCK]
+        sources = [np.ascontiguousarray(block[:, i]) for i in range(group)]
+        for byte in range(width):
+            packed[start : start + BLOCK, byte] = _gather(sources, pieces[byte])
+    return packed.ravel()[: packed_bytes(codes.size, bits)]
 
 
 def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
@@ -46,32 +61,65 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
         raise ValueError(
             f"a stream of {packed.size} bytes cannot hold {count} codes of {bits} bits"
         )
+    packed = packed[: packed_bytes(count, bits)]
     if bits == 8:
-        return packed[:count].copy()
+        return packed.copy()
+    if bits == 1:
+        return np.unpackbits(packed, count=count)
     mask = (1 << bits) - 1
-    if 8 % bits == 0:
-        per = 8 // bits
-        stream = packed[: -(-count // per)]
-        codes = np.empty((stream.size, per), dtype=np.uint8)
-        for j in range(per):
-            codes[:, j] = (stream >> (bits * (per - 1 - j))) & mask
-        return codes.ravel()[:count]
-    groups = -(-count // GROUP)
-    word_bytes = np.zeros((groups, 8), dtype=np.uint8)
-    word_bytes[:, 8 - bits :] = _padded(packed[: packed_bytes(count, bits)], bits).reshape(
-        groups, bits
-    )
-    words = word_bytes.view(">u8").ravel()
-    quarters = np.empty((groups, 2), dtype=np.uint32)
-    quarters[:, 0] = words >> np.uint64(4 * bits)
-    quarters[:, 1] = words & np.uint64((1 << (4 * bits)) - 1)
-    halves = np.empty((groups, 4), dtype=np.uint16)
-    halves[:, 0::2] = quarters >> (2 * bits)
-    halves[:, 1::2] = quarters & ((1 << (2 * bits)) - 1)
-    codes = np.empty((groups, GROUP), dtype=np.uint8)
-    codes[:, 0::2] = halves >> bits
-    codes[:, 1::2] = halves & mask
+    if bits in WORDS:
+        per, word = 8 // bits, WORDS[bits]
+        spread = sum(1 << ((8 + bits) * i) for i in range(per))
+        words = packed.astype(word) * word.type(spread)
+        words >>= bits * (per - 1)
+        words &= word.type(int.from_bytes(bytes([mask] * per), "little"))
+        return words.view(np.uint8)[:count]
+    group, width, pieces = _layout(bits)
+    rows = _padded(packed, width).reshape(-1, width)
+    codes = np.empty((rows.shape[0], group), dtype=np.uint8)
+    for start in range(0, rows.shape[0], BLOCK):
+        block = rows[start : start + BLOCK]
+        sources = [np.ascontiguousarray(block[:, j]) for j in range(width)]
+        for code in range(group):
+            reversed_pieces = [(j, -shift) for j, i, shift in _pieces_of(pieces, code)]
+            column = _gather(sources, reversed_pieces)
+            column &= mask
+            codes[start : start + BLOCK, code] = column
     return codes.ravel()[:count]
+
+
+@cache
+def _layout(bits: int) -> tuple[int, int, tuple[tuple[tuple[int, int], ...], ...]]:
+    """(G codes, B bytes per group, per byte: (code, left shift) of each overlapping code).
+
+    Code i holds stream bits [i k, i k + k) of its group, byte j bits [8 j, 8 j + 8), MSB
+    first; code i reaches byte j shifted left by 8 j + 8 - i k - k (negative: right).
+    """
+    group = 8 // math.gcd(8, bits)
+    width = group * bits // 8
+    pieces = tuple(
+        tuple(
+            (i, 8 * j + 8 - i * bits - bits)
+            for i in range(group)
+            if max(i * bits, 8 * j) < min((i + 1) * bits, 8 * j + 8)
+        )
+        for j in range(width)
+    )
+    return group, width, pieces
+
+
+def _pieces_of(pieces: tuple, code: int) -> list[tuple[int, int, int]]:
+    """(byte, code, shift) of every byte that holds part of `code`."""
+    return [(j, i, shift) for j, row in enumerate(pieces) for i, shift in row if i == code]
+
+
+def _gather(sources: list[np.ndarray], parts) -> np.ndarray:
+    """OR of sources[index] shifted left by shift (right when negative), in uint8."""
+    result = None
+    for index, shift in parts:
+        part = sources[index] << shift if shift >= 0 else sources[index] >> -shift
+        result = part if result is None else np.bitwise_or(result, part, out=result)
+    return result
 
 
 def _padded(values: np.ndarray, multiple: int) -> np.ndarray:

@@ -155,9 +155,9 @@ def decode_arrays(
         scale = np.float32(2.0**-spec.bits)
 
         def fixed_values(index: int, part: slice, out: np.ndarray) -> None:
-            out[:] = codes[part]
-            out *= scale
-            out.view(np.uint32)[:] |= signs[part].astype(np.uint32) << 31  # the sign bit
+            np.multiply(codes[part], scale, out=out)
+            sign_bits = np.left_shift(signs[part], 31, dtype=np.uint32)
+            np.bitwise_or(out.view(np.uint32), sign_bits, out=out.view(np.uint32))
 
         return unflatten(_values(sizes, fixed_values), shapes), count * (spec.bits + 1)
     if spec.scheme == "float":
@@ -250,12 +250,6 @@ def _add_rounding(values: np.ndarray, rng: np.random.Generator | None) -> np.nda
     return values
 
 
-def _floor_to_codes(values: np.ndarray, top: int, out: np.ndarray) -> None:
-    """Write floor(values) clipped to [0, top] into the uint8 `out` (truncation = floor)."""
-    np.clip(values, 0, top, out=values)
-    out[:] = values
-
-
 # ------------------------------------------------------------------ uniform and fixed
 
 
@@ -273,7 +267,10 @@ def _uniform_codes(
             return
         scaled = values - lows[index]
         scaled /= steps[index]
-        _floor_to_codes(_add_rounding(scaled, rng), top, out)
+        _add_rounding(scaled, rng)
+        if rng is not None:  # (max - min) / step may exceed top by an ulp; a draw near 1 then
+            np.minimum(scaled, np.float32(top), out=scaled)  # would floor to top + 1
+        out[:] = scaled  # in [0, top + 1): truncation is floor
 
     return _codes(flats, code_chunk), lows, steps
 
@@ -286,11 +283,16 @@ def _encode_fixed(flats: list[np.ndarray], bits: int, rng: np.random.Generator |
         scaled *= scale
         if rng is not None:
             _add_rounding(scaled, rng)
-        _floor_to_codes(scaled, (1 << bits) - 1, out)  # the source truncates
+        np.minimum(scaled, np.float32((1 << bits) - 1), out=scaled)  # saturate at 1 - 2**-k
+        out[:] = scaled  # truncation: the source's floor
 
     codes = _codes(flats, code_chunk)
-    signs = np.packbits(np.concatenate(flats) < 0) if flats else np.zeros(0, np.uint8)
-    arrays = {"signs": signs, "codes": pack_codes(codes, bits)}
+    negative = np.empty(codes.size, dtype=bool)
+    start = 0
+    for flat in flats:
+        np.less(flat, 0, out=negative[start : start + flat.size])
+        start += flat.size
+    arrays = {"signs": np.packbits(negative), "codes": pack_codes(codes, bits)}
     return Encoded(arrays, codes.size * (bits + 1))
 
 
@@ -315,23 +317,27 @@ def _encode_float(
     tops = [int(np.frexp(value)[1]) - 1 if value > 0 else 0 for value in largest]
     offsets = np.array([top + low for top in tops], dtype=np.int32)
 
+    rebias = (F32_BIAS - 1 + low) << F32_MANTISSA  # float32 exponent field -> the code's
+    smallest_normal = (F32_BIAS + low) << F32_MANTISSA  # the pattern of 2**low
+
     def code_chunk(index: int, values: np.ndarray, out: np.ndarray) -> None:
         scaled = _times_power_of_two(np.abs(values), -tops[index])
         pattern = scaled.view(np.int32)
         if rng is None:  # round the mantissa to nearest, ties to even
             code = (pattern >> shift) & 1
-            code += (1 << (shift - 1)) - 1
+            code += (1 << (shift - 1)) - 1 - rebias
         else:
             code = rng.integers(0, 1 << shift, pattern.size, dtype=np.int32)
+            code -= rebias
         code += pattern
         code >>= shift
-        code -= (F32_BIAS - 1 + low) << m
         np.minimum(code, (1 << (e + m)) - 1, out=code)  # saturate at the largest code
-        steps = scaled * np.float32(2.0 ** (m - low))  # in subnormal steps
-        steps = np.rint(steps, out=steps) if rng is None else np.floor(_add_rounding(steps, rng))
-        np.minimum(steps, 1 << m, out=steps)  # only entries below 2**low use them
-        code = np.where(scaled < np.float32(2.0**low), steps.astype(np.int32), code)
-        code |= (values.view(np.uint32) >> 31).astype(np.int32) << (e + m)  # the sign bit
+        subnormal = np.flatnonzero(pattern < smallest_normal)
+        if subnormal.size:  # multiples of 2**(low - m), in subnormal steps
+            steps = scaled[subnormal] * np.float32(2.0 ** (m - low))
+            steps = np.rint(steps) if rng is None else np.floor(_add_rounding(steps, rng))
+            code[subnormal] = np.minimum(steps, 1 << m)  # 1 << m: the smallest normal
+        code |= (values.view(np.int32) >> 31) & (1 << (e + m))  # the sign bit
         out[:] = code
 
     codes = _codes(flats, code_chunk)
@@ -342,20 +348,17 @@ def _encode_float(
 def _float_values(
     codes: np.ndarray, offsets: np.ndarray, sizes: list[int], e: int, m: int
 ) -> np.ndarray:
-    low = -((1 << e) - 2)
-
     def value_chunk(index: int, part: slice, out: np.ndarray) -> None:
-        magnitude = codes[part].astype(np.int32)
-        negative = magnitude >= (1 << (e + m))
-        magnitude &= (1 << (e + m)) - 1
-        subnormal = magnitude < (1 << m)
-        tiny = magnitude.astype(np.float32)
-        tiny *= np.float32(2.0 ** (low - m))
-        magnitude <<= F32_MANTISSA - m
-        magnitude += (F32_BIAS - 1 + low) << F32_MANTISSA
-        value = np.where(subnormal, tiny, magnitude.view(np.float32))
-        value.view(np.uint32)[:] |= negative.astype(np.uint32) << 31  # the sign bit
-        out[:] = _times_power_of_two(value, int(offsets[index]) - low)
+        # exponent and mantissa bits in the float32 pattern's lowest exponent and top mantissa
+        # bits: (1 + f) 2**(E - 127), and for E = 0 a float32 subnormal f 2**-126; scaling by
+        # 2**(126 + offset) gives (1 + f) 2**(E - 1 + offset) and f 2**offset, as coded
+        code = codes[part].astype(np.uint32)
+        pattern = code & ((1 << (e + m)) - 1)
+        pattern <<= F32_MANTISSA - m
+        code >>= e + m
+        code <<= 31  # the sign bit
+        pattern |= code
+        out[:] = _times_power_of_two(pattern.view(np.float32), F32_BIAS - 1 + int(offsets[index]))
 
     return _values(sizes, value_chunk)
 
