@@ -42,14 +42,8 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
         words = words * words.dtype.type(spread)
         words >>= 8 * (per - 1)
         return words.astype(np.uint8)
-    group, width, pieces = _layout(bits)
-    columns = _padded(codes, group).reshape(-1, group)
-    packed = np.empty((columns.shape[0], width), dtype=np.uint8)
-    for start in range(0, columns.shape[0], BLOCK):
-        block = columns[start : start + BLOCK]
-        sources = [np.ascontiguousarray(block[:, i]) for i in range(group)]
-        for byte in range(width):
-            packed[start : start + BLOCK, byte] = _gather(sources, pieces[byte])
+    group, into_bytes, _ = _layout(bits)
+    packed = _recombine(_padded(codes, group).reshape(-1, group), into_bytes)
     return packed.ravel()[: packed_bytes(codes.size, bits)]
 
 
@@ -74,51 +68,52 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
         words >>= bits * (per - 1)
         words &= word.type(int.from_bytes(bytes([mask] * per), "little"))
         return words.view(np.uint8)[:count]
-    group, width, pieces = _layout(bits)
-    rows = _padded(packed, width).reshape(-1, width)
-    codes = np.empty((rows.shape[0], group), dtype=np.uint8)
-    for start in range(0, rows.shape[0], BLOCK):
-        block = rows[start : start + BLOCK]
-        sources = [np.ascontiguousarray(block[:, j]) for j in range(width)]
-        for code in range(group):
-            reversed_pieces = [(j, -shift) for j, i, shift in _pieces_of(pieces, code)]
-            column = _gather(sources, reversed_pieces)
-            column &= mask
-            codes[start : start + BLOCK, code] = column
-    return codes.ravel()[:count]
+    group, into_bytes, into_codes = _layout(bits)
+    width = len(into_bytes)
+    codes = _recombine(_padded(packed, width).reshape(-1, width), into_codes).ravel()[:count]
+    codes &= mask
+    return codes
+
+
+Parts = list[list[tuple[int, int]]]  # per output column: (input column, left shift) to OR
 
 
 @cache
-def _layout(bits: int) -> tuple[int, int, tuple[tuple[tuple[int, int], ...], ...]]:
-    """(G codes, B bytes per group, per byte: (code, left shift) of each overlapping code).
+def _layout(bits: int) -> tuple[int, Parts, Parts]:
+    """(G codes per group, the parts of each of its bytes, the parts of each of its codes).
 
     Code i holds stream bits [i k, i k + k) of its group, byte j bits [8 j, 8 j + 8), MSB
-    first; code i reaches byte j shifted left by 8 j + 8 - i k - k (negative: right).
+    first; where they overlap, code i reaches byte j shifted left by 8 j + 8 - i k - k
+    (negative: right), and byte j reaches code i shifted back (high bits masked off after).
     """
     group = 8 // math.gcd(8, bits)
-    width = group * bits // 8
-    pieces = tuple(
-        tuple(
-            (i, 8 * j + 8 - i * bits - bits)
-            for i in range(group)
-            if max(i * bits, 8 * j) < min((i + 1) * bits, 8 * j + 8)
-        )
+    width = group * bits // 8  # bytes per group
+    overlaps = [
+        (i, j, 8 * j + 8 - i * bits - bits)
+        for i in range(group)
         for j in range(width)
-    )
-    return group, width, pieces
+        if max(i * bits, 8 * j) < min((i + 1) * bits, 8 * j + 8)
+    ]
+    into_bytes = [[(i, shift) for i, j, shift in overlaps if j == byte] for byte in range(width)]
+    into_codes = [[(j, -shift) for i, j, shift in overlaps if i == code] for code in range(group)]
+    return group, into_bytes, into_codes
 
 
-def _pieces_of(pieces: tuple, code: int) -> list[tuple[int, int, int]]:
-    """(byte, code, shift) of every byte that holds part of `code`."""
-    return [(j, i, shift) for j, row in enumerate(pieces) for i, shift in row if i == code]
+def _recombine(rows: np.ndarray, parts: Parts) -> np.ndarray:
+    """uint8 columns, column c the OR of the input columns shifted as parts[c] says.
 
-
-def _gather(sources: list[np.ndarray], parts) -> np.ndarray:
-    """OR of sources[index] shifted left by shift (right when negative), in uint8."""
-    result = None
-    for index, shift in parts:
-        part = sources[index] << shift if shift >= 0 else sources[index] >> -shift
-        result = part if result is None else np.bitwise_or(result, part, out=result)
+    Works through cache-sized blocks of rows, each input column made contiguous once.
+    """
+    result = np.empty((rows.shape[0], len(parts)), dtype=np.uint8)
+    for start in range(0, rows.shape[0], BLOCK):
+        block = rows[start : start + BLOCK]
+        sources = [np.ascontiguousarray(block[:, c]) for c in range(rows.shape[1])]
+        for column, column_parts in enumerate(parts):
+            combined = None
+            for source, shift in column_parts:
+                part = sources[source] << shift if shift >= 0 else sources[source] >> -shift
+                combined = part if combined is None else np.bitwise_or(combined, part, out=combined)
+            result[start : start + BLOCK, column] = combined
     return result
 
 
