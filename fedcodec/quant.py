@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from fedcodec import quant_kernels as kernels
 from fedcodec.bitpack import pack_codes, unpack_codes
 from fedcodec.encoded import Encoded
 from fedcodec.flat import unflatten
@@ -115,7 +117,9 @@ def encode(
     bad = np.flatnonzero(~np.isfinite(ranges).all(axis=1))
     if bad.size:
         raise ValueError(f"tensor {bad[0]} holds NaN or inf; refusing to quantize it")
-    rounding = rng if spec.stochastic else None
+    rounding = _Rounding(
+        spec.stochastic, np.uint32(rng.integers(1 << 32) if spec.stochastic else 0)
+    )
     if spec.scheme == "fixed":
         return _encode_fixed(flats, spec.bits, rounding)
     if spec.scheme == "float":
@@ -126,9 +130,11 @@ def encode(
         return Encoded(arrays, codes.size * spec.bits + SCALE_HEADER_BITS * len(flats))
     total = spec.base_bits + spec.refine_bits
     codes, lows, steps = _uniform_codes(flats, ranges, total, rounding)
+    base = pack_codes(codes >> spec.refine_bits, spec.base_bits)
+    codes &= (1 << spec.refine_bits) - 1  # the refinement: the low bits
     arrays = {
-        "base": pack_codes(codes >> spec.refine_bits, spec.base_bits),
-        "refine": pack_codes(codes & ((1 << spec.refine_bits) - 1), spec.refine_bits),
+        "base": base,
+        "refine": pack_codes(codes, spec.refine_bits),
         "lows": lows,
         "steps": steps,
     }
@@ -150,14 +156,12 @@ def decode_arrays(
     sizes = [math.prod(shape) for shape in shapes]
     count = sum(sizes)
     if spec.scheme == "fixed":
-        signs = np.unpackbits(_stream(arrays, "signs", count), count=count).view(bool)
+        negative = unpack_codes(_stream(arrays, "signs", count), 1, count)
         codes = unpack_codes(_get(arrays, "codes"), spec.bits, count)
         scale = np.float32(2.0**-spec.bits)
 
         def fixed_values(index: int, part: slice, out: np.ndarray) -> None:
-            np.multiply(codes[part], scale, out=out)
-            sign_bits = np.left_shift(signs[part], 31, dtype=np.uint32)
-            np.bitwise_or(out.view(np.uint32), sign_bits, out=out.view(np.uint32))
+            kernels.fixed_values(codes[part], negative[part], scale, out)
 
         return unflatten(_values(sizes, fixed_values), shapes), count * (spec.bits + 1)
     if spec.scheme == "float":
@@ -172,7 +176,8 @@ def decode_arrays(
         levels = unpack_codes(_get(arrays, "codes"), spec.bits, count)
         shift, middle, bits = 0, 0.0, count * spec.bits + header_bits
     elif "refine" in arrays:
-        levels = unpack_codes(_get(arrays, "base"), spec.base_bits, count) << spec.refine_bits
+        levels = unpack_codes(_get(arrays, "base"), spec.base_bits, count)
+        levels <<= spec.refine_bits
         levels |= unpack_codes(arrays["refine"], spec.refine_bits, count)
         shift, middle = 0, 0.0
         bits = count * (spec.base_bits + spec.refine_bits) + header_bits
@@ -180,14 +185,10 @@ def decode_arrays(
         levels = unpack_codes(_get(arrays, "base"), spec.base_bits, count)
         shift, middle = spec.refine_bits, ((1 << spec.refine_bits) - 1) / 2
         bits = count * spec.base_bits + header_bits
+    scale, middle = np.float32(1 << shift), np.float32(middle)
 
     def uniform_values(index: int, part: slice, out: np.ndarray) -> None:
-        out[:] = levels[part]
-        if shift:
-            out *= np.float32(1 << shift)
-            out += np.float32(middle)
-        out *= steps[index]
-        out += lows[index]
+        kernels.uniform_values(levels[part], scale, middle, lows[index], steps[index], out)
 
     return unflatten(_values(sizes, uniform_values), shapes), bits
 
@@ -209,44 +210,27 @@ def compress(
     return decode(encode(tensors, spec, rng), [np.shape(t) for t in tensors], spec)
 
 
-# ------------------------------------------------------------------ chunked loops
-#
-# Entries are coded and decoded in chunks of CHUNK so that the temporaries of each step stay
-# in cache instead of costing a fresh 56 MB allocation per step on a 14 M-entry update.
-
-CHUNK = 1 << 16
+# ------------------------------------------------------------------ per-tensor loops
 
 
-def _codes(flats: list[np.ndarray], code_chunk) -> np.ndarray:
-    """uint8 codes of all entries; `code_chunk(index, values, out)` codes one chunk."""
-    codes = np.empty(sum(flat.size for flat in flats), dtype=np.uint8)
-    start = 0
-    for index, flat in enumerate(flats):
-        for offset in range(0, flat.size, CHUNK):
-            values = flat[offset : offset + CHUNK]
-            code_chunk(index, values, codes[start + offset : start + offset + values.size])
-        start += flat.size
-    return codes
+class _Rounding(NamedTuple):
+    """Stochastic or not, and the key of the per-entry draws (fedcodec.quant_kernels)."""
+
+    stochastic: bool
+    key: np.uint32
 
 
-def _values(sizes: list[int], value_chunk) -> np.ndarray:
-    """float32 values of all entries; `value_chunk(index, part, out)` decodes one chunk."""
+def _parts(sizes: list[int]) -> list[slice]:
+    """Each tensor's slice of the entries laid back to back."""
+    ends = np.cumsum([0, *sizes]).tolist()
+    return [slice(start, end) for start, end in zip(ends[:-1], ends[1:], strict=True)]
+
+
+def _values(sizes: list[int], value_part) -> np.ndarray:
+    """float32 values of all entries; `value_part(index, part, out)` decodes one tensor."""
     values = np.empty(sum(sizes), dtype=np.float32)
-    start = 0
-    for index, size in enumerate(sizes):
-        for offset in range(start, start + size, CHUNK):
-            part = slice(offset, min(offset + CHUNK, start + size))
-            value_chunk(index, part, values[part])
-        start += size
-    return values
-
-
-def _add_rounding(values: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    """Add 0.5 (round half up) or U[0, 1) (unbiased stochastic rounding) in place."""
-    if rng is None:
-        values += np.float32(0.5)
-    else:
-        values += rng.random(values.size, dtype=np.float32)
+    for index, part in enumerate(_parts(sizes)):
+        value_part(index, part, values[part])
     return values
 
 
@@ -254,93 +238,52 @@ def _add_rounding(values: np.ndarray, rng: np.random.Generator | None) -> np.nda
 
 
 def _uniform_codes(
-    flats: list[np.ndarray], ranges: np.ndarray, bits: int, rng: np.random.Generator | None
+    flats: list[np.ndarray], ranges: np.ndarray, bits: int, rounding: _Rounding
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codes in 0..2**bits - 1 of every entry, and each tensor's low and step."""
-    top = (1 << bits) - 1
+    top = np.float32((1 << bits) - 1)
     lows = ranges[:, 0].copy()
-    steps = (ranges[:, 1] - ranges[:, 0]) / np.float32(top)
-
-    def code_chunk(index: int, values: np.ndarray, out: np.ndarray) -> None:
+    steps = (ranges[:, 1] - ranges[:, 0]) / top
+    codes = np.empty(sum(flat.size for flat in flats), dtype=np.uint8)
+    for index, part in enumerate(_parts([flat.size for flat in flats])):
         if steps[index] == 0:
-            out[:] = 0
-            return
-        scaled = values - lows[index]
-        scaled /= steps[index]
-        _add_rounding(scaled, rng)
-        if rng is not None:  # (max - min) / step may exceed top by an ulp; a draw near 1 then
-            np.minimum(scaled, np.float32(top), out=scaled)  # would floor to top + 1
-        out[:] = scaled  # in [0, top + 1): truncation is floor
-
-    return _codes(flats, code_chunk), lows, steps
+            codes[part] = 0
+            continue
+        low, step = lows[index], steps[index]
+        kernels.uniform_codes(flats[index], low, step, top, *rounding, part.start, codes[part])
+    return codes, lows, steps
 
 
-def _encode_fixed(flats: list[np.ndarray], bits: int, rng: np.random.Generator | None) -> Encoded:
-    scale = np.float32(1 << bits)
-
-    def code_chunk(index: int, values: np.ndarray, out: np.ndarray) -> None:
-        scaled = np.abs(values)
-        scaled *= scale
-        if rng is not None:
-            _add_rounding(scaled, rng)
-        np.minimum(scaled, np.float32((1 << bits) - 1), out=scaled)  # saturate at 1 - 2**-k
-        out[:] = scaled  # truncation: the source's floor
-
-    codes = _codes(flats, code_chunk)
-    negative = np.empty(codes.size, dtype=bool)
-    start = 0
-    for flat in flats:
-        np.less(flat, 0, out=negative[start : start + flat.size])
-        start += flat.size
+def _encode_fixed(flats: list[np.ndarray], bits: int, rounding: _Rounding) -> Encoded:
+    count = sum(flat.size for flat in flats)
+    codes, negative = np.empty(count, dtype=np.uint8), np.empty(count, dtype=bool)
+    scale, top = np.float32(1 << bits), np.float32((1 << bits) - 1)  # saturate at 1 - 2**-k
+    for flat, part in zip(flats, _parts([flat.size for flat in flats]), strict=True):
+        kernels.fixed_codes(flat, scale, top, *rounding, part.start, codes[part], negative[part])
     arrays = {"signs": np.packbits(negative), "codes": pack_codes(codes, bits)}
-    return Encoded(arrays, codes.size * (bits + 1))
+    return Encoded(arrays, count * (bits + 1))
 
 
 # ------------------------------------------------------------------ minifloat
 #
 # A tensor is scaled by 2**-top (top: the exponent of its largest magnitude, so that magnitudes
-# lie in [0, 2)); its exponents then run from LOW = -(2**e - 2) to 0. Codes are built from the
-# float32 bit pattern: rounding the 23-bit mantissa to m bits with integer adds carries into the
-# exponent by itself, and the pattern's biased exponent minus (126 + LOW) is the exponent field.
-# Magnitudes below 2**LOW are subnormal: multiples of 2**(LOW - m). The offset sent per tensor
-# is top + LOW, the exponent of the smallest normal.
-
-F32_MANTISSA = 23
-F32_BIAS = 127
+# lie in [0, 2)); its exponents then run from LOW = -(2**e - 2) to 0, magnitudes below 2**LOW
+# being subnormal multiples of 2**(LOW - m). The offset sent per tensor is top + LOW, the
+# exponent of the smallest normal.
 
 
 def _encode_float(
-    flats: list[np.ndarray], ranges: np.ndarray, e: int, m: int, rng: np.random.Generator | None
+    flats: list[np.ndarray], ranges: np.ndarray, e: int, m: int, rounding: _Rounding
 ) -> Encoded:
-    width, low, shift = 1 + e + m, -((1 << e) - 2), F32_MANTISSA - m
+    width, low = 1 + e + m, -((1 << e) - 2)
     largest = np.abs(ranges).max(axis=1) if len(flats) else np.zeros(0, np.float32)
     tops = [int(np.frexp(value)[1]) - 1 if value > 0 else 0 for value in largest]
     offsets = np.array([top + low for top in tops], dtype=np.int32)
-
-    rebias = (F32_BIAS - 1 + low) << F32_MANTISSA  # float32 exponent field -> the code's
-    smallest_normal = (F32_BIAS + low) << F32_MANTISSA  # the pattern of 2**low
-
-    def code_chunk(index: int, values: np.ndarray, out: np.ndarray) -> None:
-        scaled = _times_power_of_two(np.abs(values), -tops[index])
-        pattern = scaled.view(np.int32)
-        if rng is None:  # round the mantissa to nearest, ties to even
-            code = (pattern >> shift) & 1
-            code += (1 << (shift - 1)) - 1 - rebias
-        else:
-            code = rng.integers(0, 1 << shift, pattern.size, dtype=np.int32)
-            code -= rebias
-        code += pattern
-        code >>= shift
-        np.minimum(code, (1 << (e + m)) - 1, out=code)  # saturate at the largest code
-        subnormal = np.flatnonzero(pattern < smallest_normal)
-        if subnormal.size:  # multiples of 2**(low - m), in subnormal steps
-            steps = scaled[subnormal] * np.float32(2.0 ** (m - low))
-            steps = np.rint(steps) if rng is None else np.floor(_add_rounding(steps, rng))
-            code[subnormal] = np.minimum(steps, 1 << m)  # 1 << m: the smallest normal
-        code |= (values.view(np.int32) >> 31) & (1 << (e + m))  # the sign bit
-        out[:] = code
-
-    codes = _codes(flats, code_chunk)
+    codes = np.empty(sum(flat.size for flat in flats), dtype=np.uint8)
+    float_codes = kernels.float_kernels(e, m)[0]
+    for index, part in enumerate(_parts([flat.size for flat in flats])):
+        scales = _power_of_two(-tops[index])
+        float_codes(flats[index], *scales, *rounding, part.start, codes[part])
     arrays = {"codes": pack_codes(codes, width), "offsets": offsets}
     return Encoded(arrays, codes.size * width + OFFSET_HEADER_BITS * len(flats))
 
@@ -348,28 +291,22 @@ def _encode_float(
 def _float_values(
     codes: np.ndarray, offsets: np.ndarray, sizes: list[int], e: int, m: int
 ) -> np.ndarray:
-    def value_chunk(index: int, part: slice, out: np.ndarray) -> None:
-        # exponent and mantissa bits in the float32 pattern's lowest exponent and top mantissa
-        # bits: (1 + f) 2**(E - 127), and for E = 0 a float32 subnormal f 2**-126; scaling by
-        # 2**(126 + offset) gives (1 + f) 2**(E - 1 + offset) and f 2**offset, as coded
-        code = codes[part].astype(np.uint32)
-        pattern = code & ((1 << (e + m)) - 1)
-        pattern <<= F32_MANTISSA - m
-        code >>= e + m
-        code <<= 31  # the sign bit
-        pattern |= code
-        out[:] = _times_power_of_two(pattern.view(np.float32), F32_BIAS - 1 + int(offsets[index]))
+    float_values = kernels.float_kernels(e, m)[1]
 
-    return _values(sizes, value_chunk)
+    def value_part(index: int, part: slice, out: np.ndarray) -> None:
+        float_values(codes[part], *_power_of_two(126 + int(offsets[index])), out)
+
+    return _values(sizes, value_part)
 
 
-def _times_power_of_two(values: np.ndarray, exponent: int) -> np.ndarray:
-    """values x 2**exponent in float32 (exact unless the result leaves float32's range)."""
-    if exponent == 0:
-        return values
-    if -126 <= exponent <= 127:
-        return values * np.float32(2.0**exponent)
-    return np.ldexp(values, exponent).astype(np.float32)
+def _power_of_two(exponent: int) -> tuple[np.float32, np.float32]:
+    """Two float32 factors whose product is 2**exponent (-149 <= exponent <= 254).
+
+    x * first * second is x * 2**exponent rounded once: a factor down to 2**-149 (subnormal)
+    is still a power of two, and beyond 2**127 the first factor scales up exactly.
+    """
+    first = min(exponent, 127)
+    return np.float32(2.0**first), np.float32(2.0 ** (exponent - first))
 
 
 # ------------------------------------------------------------------ helpers

@@ -154,6 +154,39 @@ def test_stochastic_float_is_unbiased():
     assert abs(decoded.mean() - 0.3) < 4 * 0.03125 * np.sqrt(0.24 / 20_000)
 
 
+def test_float_codes_do_not_depend_on_where_the_tensor_sits_in_float32():
+    # [1, 0.5, 0.75, 0.3] e4m3-codes to [1, 0.5, 0.75, 0.3125] (0.3 = 1.2 x 2**-2 -> 10/8 x
+    # 2**-2). Scaled by 2**-140 (float32 subnormals: 0.3 becomes 154 x 2**-149 = 0.30078 x
+    # 2**-140, still coded 10/8 x 2**-2) or by 2**127 (decoding scales by 2**239, beyond
+    # float32's largest power of two), the same codes and the same values scaled come back.
+    x = np.array([1.0, 0.5, 0.75, 0.3], np.float32)
+    expected = np.array([1.0, 0.5, 0.75, 0.3125])
+    codes = unpack_codes(quant.encode([x], E4M3).arrays["codes"], 8, 4)
+    for power in (-140, 127):
+        scaled = (x.astype(np.float64) * 2.0**power).astype(np.float32)
+        encoded = quant.encode([scaled], E4M3)
+        np.testing.assert_array_equal(unpack_codes(encoded.arrays["codes"], 8, 4), codes)
+        assert encoded.arrays["offsets"].tolist() == [power - 14]
+        decoded = quant.decode(encoded, [(4,)], E4M3)[0]
+        assert decoded.tolist() == (expected * 2.0**power).tolist()
+
+
+def test_stochastic_draws_follow_the_generator():
+    # The draws are keyed by the Generator's state: the same state gives the same codes, another
+    # state other codes; and every entry gets its own draw (no repeated pattern along a tensor)
+    x = np.full(4096, 0.5, np.float32)
+    x[0], x[1] = 0.0, 1.0
+    spec = QuantSpec("uniform", bits=1, stochastic=True)
+
+    def codes(seed: int) -> np.ndarray:
+        return quant.encode([x], spec, np.random.default_rng(seed)).arrays["codes"]
+
+    np.testing.assert_array_equal(codes(11), codes(11))
+    assert not np.array_equal(codes(11), codes(12))
+    halves = unpack_codes(codes(11), 1, x.size)[2:].reshape(2, -1)
+    assert not np.array_equal(halves[0], halves[1])
+
+
 def test_edge_cases():
     constant, empty = np.full(5, 2.5, np.float32), np.zeros(0, np.float32)
     for spec in (UNIFORM8, E4M3, QuantSpec("progressive"), QuantSpec("fixed", bits=4)):
