@@ -1,1 +1,1 @@
-"""Pure codecs (numpy only, never Flower): encode to packed arrays with an exact bit count."""
+"""Pure codecs (numpy; numba for hot loops; never Flower): packed arrays, exact bit counts."""

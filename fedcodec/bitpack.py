@@ -22,16 +22,22 @@ def packed_bytes(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
-def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack uint8 codes (each < 2**bits) into ceil(len * bits / 8) bytes."""
+def pack_codes(codes: np.ndarray, bits: int, shift: int = 0) -> np.ndarray:
+    """Pack bits [shift, shift + bits) of each uint8 code into ceil(len * bits / 8) bytes.
+
+    By default the low `bits` bits (the whole code when it is below 2**bits); a shift packs
+    higher bits, e.g. the base of a progressive code, without a shifted copy of the codes.
+    """
     _check_width(bits)
+    if not 0 <= shift <= 8 - bits:
+        raise ValueError(f"shift {shift} is out of range; allowed: 0..{8 - bits} for {bits} bits")
     codes = np.ascontiguousarray(codes, dtype=np.uint8).ravel()
     if bits == 8:
         return codes.copy()
     whole = codes.size - codes.size % GROUP
     packed = np.empty(packed_bytes(codes.size, bits), dtype=np.uint8)
-    _group_packer(bits)[0](codes[:whole], packed)
-    packed[whole * bits // 8 :] = np.packbits(_bits_of(codes[whole:], bits))
+    _packer(bits, shift)(codes[:whole], packed)
+    packed[whole * bits // 8 :] = np.packbits(_bits_of(codes[whole:] >> shift, bits))
     return packed
 
 
@@ -47,7 +53,7 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
         return packed[:count].copy()
     whole = count - count % GROUP
     codes = np.empty(count, dtype=np.uint8)
-    _group_packer(bits)[1](packed, codes[:whole])
+    _unpacker(bits)(packed, codes[:whole])
     tail = np.unpackbits(packed[whole * bits // 8 :], count=(count - whole) * bits)
     codes[whole:] = _codes_of(tail, bits)
     return codes
@@ -71,12 +77,14 @@ def _check_width(bits: int) -> None:
 
 
 # Code i of a group holds the group's bits [i k, i k + k), byte j its bits [8 j, 8 j + 8);
-# where they overlap, code i reaches byte j shifted left by 8 j + 8 - i k - k (negative: right).
+# where they overlap, code i reaches byte j shifted left by the offset 8 j + 8 - i k - k
+# (negative: right), and byte j reaches code i shifted back.
 
 
 @cache
-def _group_packer(bits: int):
-    """(pack, unpack) of whole groups, compiled for one width (a constant in the loops)."""
+def _packer(bits: int, shift: int):
+    """Packs whole groups of codes; compiled per (width, shift), both constants in the loop."""
+    mask = np.uint32((1 << bits) - 1)
 
     @njit(cache=True, nogil=True)
     def pack(codes, out):
@@ -84,10 +92,19 @@ def _group_packer(bits: int):
             for byte in range(bits):
                 value = np.uint32(0)
                 for code in range(8 * byte // bits, (8 * byte + 7) // bits + 1):
-                    shift = 8 * byte + 8 - bits * code - bits
-                    part = np.uint32(codes[GROUP * group + code])
-                    value |= part << np.uint32(shift) if shift >= 0 else part >> np.uint32(-shift)
+                    offset = 8 * byte + 8 - bits * code - bits
+                    part = (np.uint32(codes[GROUP * group + code]) >> np.uint32(shift)) & mask
+                    value |= (
+                        part << np.uint32(offset) if offset >= 0 else part >> np.uint32(-offset)
+                    )
                 out[bits * group + byte] = np.uint8(value & np.uint32(0xFF))
+
+    return pack
+
+
+@cache
+def _unpacker(bits: int):
+    """Unpacks whole groups of codes; compiled per width, a constant in the loop."""
 
     @njit(cache=True, nogil=True)
     def unpack(packed, out):
@@ -96,9 +113,11 @@ def _group_packer(bits: int):
             for code in range(GROUP):
                 value = np.uint32(0)
                 for byte in range(bits * code // 8, (bits * code + bits - 1) // 8 + 1):
-                    shift = 8 * byte + 8 - bits * code - bits
+                    offset = 8 * byte + 8 - bits * code - bits
                     part = np.uint32(packed[bits * group + byte])
-                    value |= part >> np.uint32(shift) if shift >= 0 else part << np.uint32(-shift)
+                    value |= (
+                        part >> np.uint32(offset) if offset >= 0 else part << np.uint32(-offset)
+                    )
                 out[GROUP * group + code] = np.uint8(value & mask)
 
-    return pack, unpack
+    return unpack

@@ -20,6 +20,9 @@ remaining error quantized to b2 bits); the base alone decodes to the middle of i
 stochastically) with subnormals and no inf/NaN codes; the per-tensor exponent offset puts the
 tensor's largest magnitude in the top binade, so the e bits cover the weights' wide dynamic
 range wherever it sits.
+
+The per-entry loops are numba kernels (`fedcodec.quant_kernels`); this module lays the tensors
+out, computes the per-tensor headers and packs the codes.
 """
 
 from __future__ import annotations
@@ -130,11 +133,9 @@ def encode(
         return Encoded(arrays, codes.size * spec.bits + SCALE_HEADER_BITS * len(flats))
     total = spec.base_bits + spec.refine_bits
     codes, lows, steps = _uniform_codes(flats, ranges, total, rounding)
-    base = pack_codes(codes >> spec.refine_bits, spec.base_bits)
-    codes &= (1 << spec.refine_bits) - 1  # the refinement: the low bits
     arrays = {
-        "base": base,
-        "refine": pack_codes(codes, spec.refine_bits),
+        "base": pack_codes(codes, spec.base_bits, shift=spec.refine_bits),  # the high bits
+        "refine": pack_codes(codes, spec.refine_bits),  # the low bits
         "lows": lows,
         "steps": steps,
     }

@@ -5,9 +5,10 @@ each `*_values` kernel turns codes back into float32 values. The arithmetic is f
 step, as numpy would do it (no fused multiply-add), so results do not depend on the compiler.
 
 Stochastic rounding draws U[0, 1) per entry from a counter-based generator: a 32-bit integer hash
-(Wellons' lowbias32) of the entry's index mixed with a key drawn once per update from the
-caller's numpy Generator. Every entry gets its own draw whatever the loop order, and the same
-Generator state gives the same codes.
+(Wellons' lowbias32, a bijection with low avalanche bias) of the entry's index XOR a key drawn once
+per update from the caller's numpy Generator. Every entry gets its own draw whatever the loop
+order, the same Generator state gives the same codes, and it costs a few integer operations
+per entry where numpy's Generator spends about 4x a float32 copy on 14 M draws.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _hash(value):  # numba widens uint32 arithmetic to 64 bits: each step is cut
 @njit(inline="always")
 def _random_bits(key, index):
     """32 random bits for entry `index` under `key` (both uint32)."""
-    return _hash(np.uint32(_hash(np.uint32(index)) ^ key))
+    return _hash(np.uint32(np.uint32(index) ^ key))
 
 
 @njit(inline="always")

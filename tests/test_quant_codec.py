@@ -31,6 +31,18 @@ def test_bit_packing_matches_numpy_packbits():
             np.testing.assert_array_equal(unpack_codes(packed, bits, count), codes)
 
 
+def test_bit_packing_of_high_bits():
+    # 0b10110110, 0b01000001 packed 2 bits from bit 6: 10, 01 -> 1001(0000) = 144; from bit 0
+    # (the default) 3 bits: 110, 001 -> 110001(00) = 196
+    codes = np.array([0b10110110, 0b01000001], np.uint8)
+    assert pack_codes(codes, 2, shift=6).tolist() == [0b10010000]
+    assert pack_codes(codes, 3).tolist() == [0b11000100]
+    many = np.random.default_rng(1).integers(0, 256, 1001).astype(np.uint8)
+    np.testing.assert_array_equal(pack_codes(many, 3, shift=5), pack_codes(many >> 5, 3))
+    with pytest.raises(ValueError, match="shift 6 is out of range; allowed: 0..5 for 3 bits"):
+        pack_codes(many, 3, shift=6)
+
+
 def test_thousand_values_at_8_bits_cost_8000_bits_plus_header():
     # Prepare: 1000 values in one tensor; header = float32 low + float32 step = 64 bits
     values = np.linspace(-1, 3, 1000, dtype=np.float32)
