@@ -1,10 +1,11 @@
-"""STC and uniform k-bit round trips of one Pythia-14m-sized update as device tensors.
+"""STC and quantizer round trips of one Pythia-14m-sized update as device tensors.
 
-Issues 3 and 4 ask for the codec benchmarks on a GPU. The codecs in `fedcodec/` are numpy;
-this script ports their two hot paths to torch (top-k + Golomb-Rice positions + signs for STC,
-uniform codes + bit packing for k-bit) and first checks that the port writes the same bytes
-as `fedcodec` for the same update. Then it times encode + decode on the device beside one
-float32 copy of the update on the device (CUDA events, median of --repeats).
+Issues 3 and 4 ask for the codec benchmarks on a GPU. The codecs in `fedcodec/` run on the CPU;
+this script ports them to torch (top-k + Golomb-Rice positions + signs for STC; the uniform,
+fixed, progressive and minifloat codes with their bit packing, nearest rounding only) and first
+checks that the port writes the same bytes as `fedcodec` for the same update. Then it times
+encode + decode on the device beside one float32 copy of the update on the device (CUDA
+events, median of --repeats). `--device cpu` checks the port without a GPU.
 
     python bench/bench_gpu_codecs.py [--device cuda] [--repeats 20]
 """
@@ -89,8 +90,29 @@ def stc_decode(arrays: dict[str, torch.Tensor], shapes: list[tuple[int, ...]]) -
     return tensors
 
 
-def uniform_encode(tensors: list[torch.Tensor], bits: int) -> dict[str, torch.Tensor]:
-    """fedcodec.quant uniform (nearest) on torch tensors: packed codes, lows, steps."""
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """fedcodec.bitpack.pack_codes: k-bit codes back to back, most significant bit first."""
+    if 8 % bits:  # widths that straddle bytes: through the bits themselves
+        shifts = torch.arange(bits - 1, -1, -1, device=codes.device)
+        return packbits(((codes[:, None] >> shifts) & 1).reshape(-1).to(torch.uint8))
+    per = 8 // bits
+    columns = torch.nn.functional.pad(codes, (0, -codes.numel() % per)).reshape(-1, per)
+    shifts = bits * torch.arange(per - 1, -1, -1, device=codes.device)
+    return (columns << shifts).sum(1, dtype=torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    if 8 % bits:
+        weights = 1 << torch.arange(bits - 1, -1, -1, device=packed.device)
+        stream = unpackbits(packed)[: count * bits].reshape(count, bits)
+        return (stream * weights).sum(1, dtype=torch.uint8)
+    per = 8 // bits
+    shifts = bits * torch.arange(per - 1, -1, -1, device=packed.device)
+    return ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
+
+
+def uniform_codes(tensors: list[torch.Tensor], bits: int) -> tuple[torch.Tensor, ...]:
+    """fedcodec.quant's uniform codes (nearest) on torch tensors: codes, lows, steps."""
     top = (1 << bits) - 1
     lows = torch.stack([t.min() for t in tensors])
     # a tensor divisor: CUDA divides by a Python number as a multiplication by its reciprocal
@@ -101,20 +123,99 @@ def uniform_encode(tensors: list[torch.Tensor], bits: int) -> dict[str, torch.Te
             for t, low, step in zip(tensors, lows, steps, strict=True)
         ]
     )
-    per = 8 // bits
-    columns = torch.nn.functional.pad(codes, (0, -codes.numel() % per)).reshape(-1, per)
-    shifts = bits * torch.arange(per - 1, -1, -1, device=codes.device)
-    return {"codes": (columns << shifts).sum(1, dtype=torch.uint8), "lows": lows, "steps": steps}
+    return codes, lows, steps
+
+
+def uniform_values(codes: torch.Tensor, lows, steps, shapes: list, shift: int = 0) -> list:
+    """Values of whole codes, or (shift > 0) of base codes at the middle of their bucket."""
+    values = codes.float()
+    if shift:
+        values = values * (1 << shift) + ((1 << shift) - 1) / 2
+    tensors, start = [], 0
+    for shape, low, step in zip(shapes, lows, steps, strict=True):
+        size = math.prod(shape)
+        tensors.append((values[start : start + size] * step + low).reshape(shape))
+        start += size
+    return tensors
+
+
+def uniform_encode(tensors: list[torch.Tensor], bits: int) -> dict[str, torch.Tensor]:
+    codes, lows, steps = uniform_codes(tensors, bits)
+    return {"codes": pack_codes(codes, bits), "lows": lows, "steps": steps}
 
 
 def uniform_decode(arrays: dict[str, torch.Tensor], shapes: list, bits: int) -> list:
-    per, mask = 8 // bits, (1 << bits) - 1
-    shifts = bits * torch.arange(per - 1, -1, -1, device=arrays["codes"].device)
-    codes = ((arrays["codes"][:, None] >> shifts) & mask).reshape(-1)
+    count = sum(math.prod(shape) for shape in shapes)
+    codes = unpack_codes(arrays["codes"], bits, count)
+    return uniform_values(codes, arrays["lows"], arrays["steps"], shapes)
+
+
+def progressive_encode(tensors: list[torch.Tensor], base: int, refine: int) -> dict:
+    codes, lows, steps = uniform_codes(tensors, base + refine)
+    return {
+        "base": pack_codes(codes >> refine, base),
+        "refine": pack_codes(codes & ((1 << refine) - 1), refine),
+        "lows": lows,
+        "steps": steps,
+    }
+
+
+def progressive_decode(arrays: dict, shapes: list, base: int, refine: int) -> list:
+    count = sum(math.prod(shape) for shape in shapes)
+    codes = unpack_codes(arrays["base"], base, count) << refine
+    codes |= unpack_codes(arrays["refine"], refine, count)
+    return uniform_values(codes, arrays["lows"], arrays["steps"], shapes)
+
+
+def fixed_encode(tensors: list[torch.Tensor], bits: int) -> dict[str, torch.Tensor]:
+    """fedcodec.quant fixed (truncating) on torch tensors: signs and codes."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    codes = (flat.abs() * (1 << bits)).clamp(max=(1 << bits) - 1).to(torch.uint8)
+    return {"signs": packbits((flat < 0).to(torch.uint8)), "codes": pack_codes(codes, bits)}
+
+
+def fixed_decode(arrays: dict[str, torch.Tensor], shapes: list, bits: int) -> list:
+    count = sum(math.prod(shape) for shape in shapes)
+    values = unpack_codes(arrays["codes"], bits, count).float() * 2.0**-bits
+    values = torch.where(unpackbits(arrays["signs"])[:count] == 1, -values, values)
+    return list(torch.split(values, [math.prod(s) for s in shapes]))
+
+
+def float_encode(tensors: list[torch.Tensor], e: int, m: int) -> dict[str, torch.Tensor]:
+    """fedcodec.quant float (nearest, ties to even) on torch tensors: codes and offsets."""
+    low, shift = -((1 << e) - 2), 23 - m
+    largest = torch.stack([t.abs().max() for t in tensors])
+    tops = torch.where(largest > 0, torch.frexp(largest).exponent - 1, 0)
+    codes = []
+    for tensor, top in zip(tensors, tops.tolist(), strict=True):
+        flat = tensor.reshape(-1)
+        scaled = torch.ldexp(flat.abs(), torch.tensor(-top, device=flat.device))
+        pattern = scaled.view(torch.int32)
+        rebias = (126 + low) << 23
+        normal = (pattern + ((pattern >> shift) & 1) + (1 << shift >> 1) - 1 - rebias) >> shift
+        subnormal = torch.round(scaled * 2.0 ** (m - low)).to(torch.int32)  # half to even
+        code = torch.where(
+            pattern < (127 + low) << 23,
+            subnormal.clamp(max=1 << m),
+            normal.clamp(max=(1 << (e + m)) - 1),
+        )
+        codes.append(code | ((flat.view(torch.int32) < 0).to(torch.int32) << (e + m)))
+    return {
+        "codes": pack_codes(torch.cat(codes).to(torch.uint8), 1 + e + m),
+        "offsets": (tops + low).to(torch.int32),
+    }
+
+
+def float_decode(arrays: dict[str, torch.Tensor], shapes: list, e: int, m: int) -> list:
+    count = sum(math.prod(shape) for shape in shapes)
+    codes = unpack_codes(arrays["codes"], 1 + e + m, count).to(torch.int32)
+    patterns = ((codes & ((1 << (e + m)) - 1)) << (23 - m)) | ((codes >> (e + m)) << 31)
+    values = patterns.view(torch.float32)
     tensors, start = [], 0
-    for shape, low, step in zip(shapes, arrays["lows"], arrays["steps"], strict=True):
+    for shape, offset in zip(shapes, arrays["offsets"].tolist(), strict=True):
         size = math.prod(shape)
-        tensors.append((codes[start : start + size].float() * step + low).reshape(shape))
+        scale = torch.tensor(126 + offset, device=values.device)
+        tensors.append(torch.ldexp(values[start : start + size], scale).reshape(shape))
         start += size
     return tensors
 
@@ -181,6 +282,22 @@ def main() -> None:
             lambda bits=bits: uniform_decode(uniform_encode(on_device, bits), shapes, bits),
             lambda bits=bits: uniform_encode(on_device, bits),
             quant.encode(update, QuantSpec("uniform", bits=bits)).arrays,
+        )
+    cases["fixed 4 bits (+ sign)"] = (
+        lambda: fixed_decode(fixed_encode(on_device, 4), shapes, 4),
+        lambda: fixed_encode(on_device, 4),
+        quant.encode(update, QuantSpec("fixed", bits=4)).arrays,
+    )
+    cases["progressive 2 + 6"] = (
+        lambda: progressive_decode(progressive_encode(on_device, 2, 6), shapes, 2, 6),
+        lambda: progressive_encode(on_device, 2, 6),
+        quant.encode(update, QuantSpec("progressive", base_bits=2, refine_bits=6)).arrays,
+    )
+    for e, m in ((4, 3), (5, 2)):
+        cases[f"float e{e}m{m}"] = (
+            lambda e=e, m=m: float_decode(float_encode(on_device, e, m), shapes, e, m),
+            lambda e=e, m=m: float_encode(on_device, e, m),
+            quant.encode(update, QuantSpec("float", exponent_bits=e, mantissa_bits=m)).arrays,
         )
     for label, (round_trip, encode, reference) in cases.items():
         seconds = device_median(round_trip, args.repeats, device)
