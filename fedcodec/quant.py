@@ -172,26 +172,28 @@ def decode_arrays(
         values = _float_values(codes, offsets, sizes, spec.exponent_bits, spec.mantissa_bits)
         return unflatten(values, shapes), count * width + OFFSET_HEADER_BITS * len(shapes)
     lows, steps = _header(arrays, "lows", len(shapes)), _header(arrays, "steps", len(shapes))
-    header_bits = SCALE_HEADER_BITS * len(shapes)
+    refine = None
     if spec.scheme == "uniform":
         levels = unpack_codes(_get(arrays, "codes"), spec.bits, count)
-        shift, middle, bits = 0, 0.0, count * spec.bits + header_bits
-    elif "refine" in arrays:
+        scale, bits = 1, count * spec.bits
+    else:
         levels = unpack_codes(_get(arrays, "base"), spec.base_bits, count)
-        levels <<= spec.refine_bits
-        levels |= unpack_codes(arrays["refine"], spec.refine_bits, count)
-        shift, middle = 0, 0.0
-        bits = count * (spec.base_bits + spec.refine_bits) + header_bits
-    else:  # the base alone: the middle of its bucket of 2**refine_bits codes
-        levels = unpack_codes(_get(arrays, "base"), spec.base_bits, count)
-        shift, middle = spec.refine_bits, ((1 << spec.refine_bits) - 1) / 2
-        bits = count * spec.base_bits + header_bits
-    scale, middle = np.float32(1 << shift), np.float32(middle)
+        scale, bits = 1 << spec.refine_bits, count * spec.base_bits
+        if "refine" in arrays:
+            refine = unpack_codes(arrays["refine"], spec.refine_bits, count)
+            bits += count * spec.refine_bits
+    # a whole code is c * 1 + 0; a base alone decodes to the middle of its 2**r codes
+    middle = np.float32(0.0 if spec.scheme == "uniform" else (scale - 1) / 2)
+    scale = np.float32(scale)
 
-    def uniform_values(index: int, part: slice, out: np.ndarray) -> None:
-        kernels.uniform_values(levels[part], scale, middle, lows[index], steps[index], out)
+    def values(index: int, part: slice, out: np.ndarray) -> None:
+        low, step = lows[index], steps[index]
+        if refine is None:
+            kernels.uniform_values(levels[part], scale, middle, low, step, out)
+        else:
+            kernels.progressive_values(levels[part], refine[part], scale, low, step, out)
 
-    return unflatten(_values(sizes, uniform_values), shapes), bits
+    return unflatten(_values(sizes, values), shapes), bits + SCALE_HEADER_BITS * len(shapes)
 
 
 def array_names(spec: QuantSpec) -> tuple[str, ...]:

@@ -67,6 +67,13 @@ def uniform_values(codes, scale, middle, low, step, out):
 
 
 @njit(cache=True, nogil=True)
+def progressive_values(base, refine, scale, low, step, out):
+    """x = (b * 2**r + f) * step + low: the whole code, exact in float32, from its two parts."""
+    for i in range(base.size):
+        out[i] = (np.float32(base[i]) * scale + np.float32(refine[i])) * step + low
+
+
+@njit(cache=True, nogil=True)
 def fixed_codes(values, scale, top, stochastic, key, first, out, negative):
     """c = floor(|x| * 2**k) (+ U[0, 1) when stochastic) capped at `top`; the sign apart."""
     for i in range(values.size):
@@ -89,7 +96,8 @@ def float_kernels(e: int, m: int):
     """(codes, values) kernels of the code with an e-bit exponent and an m-bit mantissa.
 
     Compiled once per (e, m) with the widths as constants: numba widens int32 arithmetic to
-    int64, which AVX2 shifts on vector registers only by a constant amount.
+    int64, which runs fast only where shifts and masks are constants (the code pass took 3.0x
+    a float32 copy with e and m as arguments, 1.2x as constants).
     """
     low = -((1 << e) - 2)  # the exponent of the smallest normal, 2**low
     shift, width = np.int32(F32_MANTISSA - m), e + m
