@@ -126,11 +126,9 @@ def uniform_codes(tensors: list[torch.Tensor], bits: int) -> tuple[torch.Tensor,
     return codes, lows, steps
 
 
-def uniform_values(codes: torch.Tensor, lows, steps, shapes: list, shift: int = 0) -> list:
-    """Values of whole codes, or (shift > 0) of base codes at the middle of their bucket."""
+def uniform_values(codes: torch.Tensor, lows, steps, shapes: list) -> list:
+    """Values of whole codes, tensor by tensor."""
     values = codes.float()
-    if shift:
-        values = values * (1 << shift) + ((1 << shift) - 1) / 2
     tensors, start = [], 0
     for shape, low, step in zip(shapes, lows, steps, strict=True):
         size = math.prod(shape)

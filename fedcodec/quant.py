@@ -229,6 +229,12 @@ def _parts(sizes: list[int]) -> list[slice]:
     return [slice(start, end) for start, end in zip(ends[:-1], ends[1:], strict=True)]
 
 
+def _code_buffer(flats: list[np.ndarray]) -> tuple[np.ndarray, list[slice]]:
+    """An empty uint8 code per entry, and each tensor's slice of it."""
+    sizes = [flat.size for flat in flats]
+    return np.empty(sum(sizes), dtype=np.uint8), _parts(sizes)
+
+
 def _values(sizes: list[int], value_part) -> np.ndarray:
     """float32 values of all entries; `value_part(index, part, out)` decodes one tensor."""
     values = np.empty(sum(sizes), dtype=np.float32)
@@ -247,8 +253,8 @@ def _uniform_codes(
     top = np.float32((1 << bits) - 1)
     lows = ranges[:, 0].copy()
     steps = (ranges[:, 1] - ranges[:, 0]) / top
-    codes = np.empty(sum(flat.size for flat in flats), dtype=np.uint8)
-    for index, part in enumerate(_parts([flat.size for flat in flats])):
+    codes, parts = _code_buffer(flats)
+    for index, part in enumerate(parts):
         if steps[index] == 0:
             codes[part] = 0
             continue
@@ -258,13 +264,13 @@ def _uniform_codes(
 
 
 def _encode_fixed(flats: list[np.ndarray], bits: int, rounding: _Rounding) -> Encoded:
-    count = sum(flat.size for flat in flats)
-    codes, negative = np.empty(count, dtype=np.uint8), np.empty(count, dtype=bool)
+    codes, parts = _code_buffer(flats)
+    negative = np.empty(codes.size, dtype=bool)
     scale, top = np.float32(1 << bits), np.float32((1 << bits) - 1)  # saturate at 1 - 2**-k
-    for flat, part in zip(flats, _parts([flat.size for flat in flats]), strict=True):
+    for flat, part in zip(flats, parts, strict=True):
         kernels.fixed_codes(flat, scale, top, *rounding, part.start, codes[part], negative[part])
     arrays = {"signs": np.packbits(negative), "codes": pack_codes(codes, bits)}
-    return Encoded(arrays, count * (bits + 1))
+    return Encoded(arrays, codes.size * (bits + 1))
 
 
 # ------------------------------------------------------------------ minifloat
@@ -282,9 +288,9 @@ def _encode_float(
     largest = np.abs(ranges).max(axis=1) if len(flats) else np.zeros(0, np.float32)
     tops = [int(np.frexp(value)[1]) - 1 if value > 0 else 0 for value in largest]
     offsets = np.array([top + low for top in tops], dtype=np.int32)
-    codes = np.empty(sum(flat.size for flat in flats), dtype=np.uint8)
+    codes, parts = _code_buffer(flats)
     float_codes = kernels.float_kernels(e, m)[0]
-    for index, part in enumerate(_parts([flat.size for flat in flats])):
+    for index, part in enumerate(parts):
         scales = _power_of_two(-tops[index])
         float_codes(flats[index], *scales, *rounding, part.start, codes[part])
     arrays = {"codes": pack_codes(codes, width), "offsets": offsets}
