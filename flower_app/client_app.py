@@ -27,18 +27,20 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
 
     def setup(context: Context) -> tuple[ExperimentConfig, int, int]:
         torch.set_num_threads(1)  # one CPU per simulated client; several run side by side
-        config = parse(run_config or dict(context.run_config))
+        config = parse(run_config or dict(context.run_config), server=False)
         partition_id = int(context.node_config[keys.PARTITION_ID])
         num_partitions = int(context.node_config[keys.NUM_PARTITIONS])
         return config, partition_id, num_partitions
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        _, partition_id, num_partitions = setup(context)
-        metrics = MetricRecord(
-            {keys.PARTITION_ID: partition_id, keys.NUM_PARTITIONS: num_partitions}
-        )
-        return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+        """The node's partition ids; none when its node config lacks them (the server says so)."""
+        ids = {
+            key: int(context.node_config[key])
+            for key in (keys.PARTITION_ID, keys.NUM_PARTITIONS)
+            if key in context.node_config
+        }
+        return Message(RecordDict({keys.METRICS: MetricRecord(ids)}), reply_to=msg)
 
     @app.train()
     def train_handler(msg: Message, context: Context) -> Message:

@@ -202,8 +202,12 @@ def resolve(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return merged
 
 
-def parse(flat: dict[str, Any]) -> ExperimentConfig:
-    """Validate a flat run-config (as Flower hands it to the apps) into `ExperimentConfig`."""
+def parse(flat: dict[str, Any], *, server: bool = True) -> ExperimentConfig:
+    """Validate a flat run-config (as Flower hands it to the apps) into `ExperimentConfig`.
+
+    With `server=False` (a ClientApp) the server's own settings, the trace file and the
+    output folder, are neither checked nor touched: a SuperNode need not hold them.
+    """
     get = _Getter(flat)
     config = ExperimentConfig(
         strategy=get.choice("strategy", STRATEGIES),
@@ -274,9 +278,20 @@ def parse(flat: dict[str, Any]) -> ExperimentConfig:
             f"data-dir='{config.data_dir}' is not a folder; give the folder "
             'that holds the IDX files, or "" for the default'
         )
+    if server:
+        _check_server_settings(config)
+    return config
+
+
+def _check_server_settings(config: ExperimentConfig) -> None:
+    """What only the ServerApp uses: the output folder and the channel trace."""
     if not config.output_dir:
         raise ConfigError("output-dir='' is empty; give a folder for the run logs")
-    return config
+    if config.net.channel == "trace" and not Path(config.net.trace_file).is_file():
+        raise ConfigError(
+            f"net.trace-file='{config.net.trace_file}' is not a file; net.channel='trace' needs "
+            "a CSV with the columns client,time_s,up_bps,down_bps"
+        )
 
 
 def _check_model_and_data(config: ExperimentConfig) -> None:
@@ -369,11 +384,6 @@ def _net_config(get: _Getter) -> NetConfig:
         raise ConfigError(
             f"net.policy='{net.policy}' needs a simulated channel, but net.channel='none'; "
             f"set net.channel to one of {', '.join(CHANNELS[1:])}"
-        )
-    if net.channel == "trace" and not Path(net.trace_file).is_file():
-        raise ConfigError(
-            f"net.trace-file='{net.trace_file}' is not a file; net.channel='trace' needs a CSV "
-            "with the columns client,time_s,up_bps,down_bps"
         )
     return net
 

@@ -1,159 +1,177 @@
-"""Run the app with `flwr run .` against a local simulated federation, then clean up.
+"""Run the app with `flwr run .` on a simulation SuperLink of its own, then clean up.
 
-`flwr run` starts a local SuperLink (and SuperExec) in the background and leaves them
-running, exits 0 even when the run failed, and reports a config typo as a stack trace from
-inside the ServerApp. This launcher validates the config first (one line, exit 2), runs
-`flwr run . --stream` with FLWR_HOME and RAY_TMPDIR inside the checkout, stops the
-processes it started, and exits non-zero unless the run folder holds a summary.
+Each launch gets a Flower home of its own under `.flwr/` and a SuperLink on a free loopback
+port, reached through an explicit connection written into that home's `config.toml`: two
+launches (two clones, or a test suite beside an experiment) never meet on Flower's shared
+default port 39091. The config is validated first (one line, exit 2); the run-config travels
+as a TOML file; every process the launch started is stopped by pid when it ends, also on
+Ctrl-C and SIGTERM; the exit code is non-zero unless the run folder holds a summary.
 
     python -m flower_app.launch --num-supernodes 20 --run-config "num-server-rounds=3"
-    python -m flower_app.launch --stop
+    python -m flower_app.launch --stop      # what a killed launch left behind
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import psutil
+import tomli_w
 
 from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
 from flower_app.data import load_dataset
+from flower_app.processes import (
+    LOOPBACK,
+    ProcessStartError,
+    flower_command,
+    flower_env,
+    free_port,
+    processes_under,
+    ray_tmpdir,
+    start_daemon,
+    stop_trees,
+    wait_until_healthy,
+)
 from flower_app.simulation import parse_run_config, run_command
 from strategies.network import check_network
 
 REPO = PYPROJECT.parent
+FLWR_ROOT = REPO / ".flwr"  # every launch's Flower home lies below
+CONNECTION = "launch"  # the name of the connection in a launch's config.toml
+PORT_ATTEMPTS = 3  # a free port can be taken between choosing and binding it
 
 
-def flower_env(repo: Path = REPO) -> dict[str, str]:
-    """Environment for `flwr`: state inside the checkout, offline-friendly, no runtime installs."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLWR_HOME": str(repo / ".flwr"),
-            "RAY_TMPDIR": str(repo / ".ray"),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        }
-    )
-    return env
+def new_home(kind: str) -> Path:
+    """A fresh Flower home for one launch: `.flwr/<kind>-<pid>-<ns>`."""
+    home = FLWR_ROOT / f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
+    home.mkdir(parents=True)
+    return home
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "") + "'"
-    return repr(value)
-
-
-def flower_processes(flwr_home: Path, ray_tmpdir: Path | None = None) -> list[int]:
-    """Pids of this checkout's Flower daemons and Ray workers (never this process or its parents).
-
-    A process counts when its command line names `flwr_home`, or its environment points
-    FLWR_HOME or RAY_TMPDIR there (Ray's actors), or it is a Ray agent (`ray::...`) working
-    in the folder that holds `ray_tmpdir` (Ray's agents inherit neither variable).
-    """
-    markers = [f"FLWR_HOME={flwr_home}".encode()]
-    if ray_tmpdir is not None:
-        markers.append(f"RAY_TMPDIR={ray_tmpdir}".encode())
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        if int(proc.name) in _self_and_ancestors():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            environ = set((proc / "environ").read_bytes().split(b"\0"))
-            cwd = (proc / "cwd").resolve()
-        except OSError:
-            continue
-        ray_agent = (
-            ray_tmpdir is not None
-            and cmdline.startswith(b"ray::")
-            and (cwd == ray_tmpdir.parent.resolve())
-        )
-        if str(flwr_home).encode() in cmdline or environ.intersection(markers) or ray_agent:
-            pids.append(int(proc.name))
-    return pids
-
-
-def _self_and_ancestors() -> set[int]:
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    return pids
-
-
-def stop_flower(env: dict[str, str]) -> list[int]:
-    """Stop this checkout's Flower daemons and Ray workers; return their pids."""
-    return stop_pids(flower_processes(Path(env["FLWR_HOME"]), Path(env["RAY_TMPDIR"])))
-
-
-def stop_pids(pids: list[int], grace_s: float = 5.0) -> list[int]:
-    """SIGTERM the pids, wait up to `grace_s`, then SIGKILL those still alive."""
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)
-    return pids
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def run_flwr(overrides: dict, num_supernodes: int, client_cpus: int) -> Path:
-    """Validate, run `flwr run . --stream`, stop the daemons, and return the run folder."""
-    flat = resolve(overrides)
-    config = parse(flat)
-    if num_supernodes < 1 or client_cpus < 1:
-        raise ConfigError("num-supernodes and client-cpus must be integers >= 1")
+def validated_run_config(overrides: dict[str, Any], num_supernodes: int) -> dict[str, Any]:
+    """Validate on the server's side and fix the run folder: the overrides `flwr run` gets."""
+    if num_supernodes < 1:
+        raise ConfigError(f"num-supernodes={num_supernodes} is out of range; allowed: >= 1")
+    config = parse(resolve(overrides))
     load_dataset(config.dataset, config.data_dir, config.seed)  # fails fast when missing
     check_network(config.net, config.seed, num_supernodes)
-    fixed = {
+    return overrides | {
         "output-dir": str(Path(config.output_dir).resolve()),
         "run-name": default_run_name(config),
     }
-    run_config = " ".join(
-        f"{key}={_toml_value(value)}" for key, value in (overrides | fixed).items()
-    )
-    command = [
-        str(Path(sys.executable).parent / "flwr"),
-        "run",
-        str(REPO),
-        "--stream",
-        "--run-config",
-        run_config,
-        "--federation-config",
-        f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
-    ]
-    env = flower_env()
-    home, ray_tmpdir = Path(env["FLWR_HOME"]), Path(env["RAY_TMPDIR"])
-    already_running = set(flower_processes(home, ray_tmpdir))
-    try:
-        subprocess.run(command, env=env, cwd=REPO, check=False)
-    finally:
-        stop_pids(sorted(set(flower_processes(home, ray_tmpdir)) - already_running))
-    run_dir = Path(fixed["output-dir"]) / fixed["run-name"]
+
+
+def start_superlink(
+    home: Path, env: dict[str, str], security: list[str], scheme: str = "http"
+) -> tuple[psutil.Process, int]:
+    """Start a SuperLink on a free loopback port and wait until it answers; (process, port)."""
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        command = [
+            flower_command("flower-superlink"),
+            *security,
+            "--isolation",
+            "subprocess",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+        ]
+        log_path = home / "superlink.log"
+        superlink = start_daemon(command, env, log_path)
+        try:
+            wait_until_healthy(superlink, f"{scheme}://{LOOPBACK}:{port}/health", log_path)
+            return superlink, port
+        except ProcessStartError:
+            stop_trees([superlink])
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def write_connection(home: Path, connection: dict[str, Any]) -> None:
+    """Make `connection` the default SuperLink connection of the Flower home `home`."""
+    config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
+    (home / "config.toml").write_text(tomli_w.dumps(config))
+
+
+def flwr_run(home: Path, env: dict[str, str], run_config: dict[str, Any], *extra: str) -> Path:
+    """`flwr run . --stream` over the home's connection; the run folder, or RuntimeError."""
+    config_file = home / "run-config.toml"
+    config_file.write_text(tomli_w.dumps(nested(run_config)))
+    command = [flower_command("flwr"), "run", str(REPO), CONNECTION, "--stream"]
+    command += ["--run-config", str(config_file), *extra]
+    subprocess.run(command, env=env, cwd=REPO, check=False)
+    run_dir = Path(run_config["output-dir"]) / run_config["run-name"]
     if not (run_dir / "summary.json").exists():
         raise RuntimeError(f"the run did not finish (no {run_dir}/summary.json); see the log")
     return run_dir
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys as TOML tables: {"stc.p-up": 0.1} -> {"stc": {"p-up": 0.1}}."""
+    table: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = table
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return table
+
+
+def run_flwr(overrides: dict[str, Any], num_supernodes: int, client_cpus: int) -> Path:
+    """Validate, run on a simulation SuperLink of this launch's own, stop it; the run folder."""
+    run_config = validated_run_config(overrides, num_supernodes)
+    if client_cpus < 1:
+        raise ConfigError(f"client-cpus={client_cpus} is out of range; allowed: integer >= 1")
+    home = new_home("launch")
+    env = flower_env(home)
+    started: list[psutil.Process] = []
+    try:
+        superlink, port = start_superlink(home, env, ["--insecure", "--simulation"])
+        started.append(superlink)
+        write_connection(home, {"address": f"{LOOPBACK}:{port}", "insecure": True})
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}"
+        run_dir = flwr_run(home, env, run_config, "--federation-config", federation)
+    finally:
+        stop_trees(started)
+        stop_trees(processes_under(home))
+    remove_home(home)  # kept when the run failed: its logs are there
+    return run_dir
+
+
+def remove_home(home: Path) -> None:
+    """Delete a launch's Flower home and its Ray folder."""
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(ray_tmpdir(home), ignore_errors=True)
+
+
+def stop_leftovers() -> list[int]:
+    """Stop what killed launches of this checkout left running (by FLWR_HOME / RAY_TMPDIR)."""
+    homes = sorted(FLWR_ROOT.iterdir()) if FLWR_ROOT.exists() else []
+    return stop_trees([process for home in homes for process in processes_under(home)])
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that `finally` blocks stop what was started."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def command_line(action: Callable[[], Path]) -> int:
+    """Run `action` as a command: config errors exit 2; nothing stays running on any exit."""
+    exit_on_sigterm()
+    return run_command(action)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop", action="store_true", help="stop leftover Flower daemons")
     args = parser.parse_args(argv)
     if args.stop:
-        stopped = stop_flower(flower_env())
+        stopped = stop_leftovers()
         print(f"stopped {len(stopped)} Flower process(es)" if stopped else "nothing to stop")
         return 0
-    return run_command(
+    return command_line(
         lambda: run_flwr(parse_run_config(args.run_config), args.num_supernodes, args.client_cpus)
     )
 

@@ -24,6 +24,7 @@ from flower_app.recorder import Recorder
 from flower_app.task import compute_device, evaluate, test_data
 from strategies import PRESETS
 from strategies.accounting import dense_bytes
+from strategies.discovery import DiscoveryError
 
 MB = 1e6
 
@@ -36,7 +37,7 @@ def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         try:
             run_federation(grid, run_config or dict(context.run_config))
-        except (ConfigError, DatasetMissingError) as error:
+        except (ConfigError, DatasetMissingError, DiscoveryError) as error:
             log(ERROR, "%s", error)
             raise SystemExit(2) from None
 

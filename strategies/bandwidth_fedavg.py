@@ -28,28 +28,21 @@ from flower_app.task import samples_processed
 from mods import keys
 from netsim.rounds import Timeline, Transfer
 from strategies.accounting import dense_fields, wire_bytes
+from strategies.discovery import (
+    NODE_CONFIG_HINT,
+    NODE_POLL_S,
+    DiscoveryError,
+    Report,
+    missing_partitions,
+    setup_problem,
+    wait_for_nodes,
+)
 from strategies.network import NetworkClock
 from strategies.selection import EVALUATE_STREAM, TRAIN_STREAM, select_partitions
 
 QUERY_TIMEOUT_S = 600.0
-NODE_POLL_S, NODES_STABLE_POLLS = 0.2, 5  # the node count must hold for 1 s
+DISCOVERY_TIMEOUT_S = 120.0  # how long to wait for nodes of a deployment that join late
 ACCEPTED = ("delivered", "partial")  # statuses whose update is aggregated
-
-
-def wait_for_nodes(grid: Grid, timeout_s: float = QUERY_TIMEOUT_S) -> list[int]:
-    """The grid's node ids once their number has stopped growing (sorted).
-
-    A simulation registers its nodes in a thread of its own while the ServerApp starts: asked
-    too early, the grid knows none or only some of them.
-    """
-    deadline = time.monotonic() + timeout_s
-    node_ids, stable = sorted(grid.get_node_ids()), 0
-    while stable < NODES_STABLE_POLLS and time.monotonic() < deadline:
-        time.sleep(NODE_POLL_S)
-        latest = sorted(grid.get_node_ids())
-        stable = stable + 1 if latest == node_ids and latest else 0
-        node_ids = latest
-    return node_ids
 
 
 def examples_problem(metrics: MetricRecord) -> str:
@@ -102,42 +95,73 @@ class BandwidthFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ discovery
     def discover_partitions(self, grid: Grid) -> int:
-        """Ask every node for its partition id (one small real message each way)."""
+        """Ask every node for its partition id (one small real message each way).
+
+        Nodes that join later (a deployment) are waited for until every partition id in
+        0 .. num-partitions - 1 has its node, at most `DISCOVERY_TIMEOUT_S`; a node without
+        ids, a repeated id or a gap left at the deadline is a `DiscoveryError`.
+        """
         self._start_round(0)
-        node_ids = wait_for_nodes(grid)
+        deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
+        reports: dict[int, Report] = {}
+        node_ids = wait_for_nodes(grid, DISCOVERY_TIMEOUT_S)
+        while True:
+            new = [node_id for node_id in node_ids if node_id not in reports]
+            reports |= self._query_partitions(grid, new, reports)
+            missing = missing_partitions(reports)
+            if reports and not missing:
+                break
+            if time.monotonic() > deadline:
+                raise DiscoveryError(
+                    f"no node has partition-id {', '.join(map(str, missing))} after "
+                    f"{DISCOVERY_TIMEOUT_S:.0f} s ({len(reports)} node(s) answered); "
+                    f"{NODE_CONFIG_HINT}"
+                    if reports
+                    else f"no node joined within {DISCOVERY_TIMEOUT_S:.0f} s; nothing to train"
+                )
+            time.sleep(NODE_POLL_S)
+            node_ids = sorted(grid.get_node_ids())
+        if self.clock is not None:
+            self.clock.start(sorted(self.node_of))
+        return len(self.node_of)
+
+    def _query_partitions(
+        self, grid: Grid, node_ids: list[int], known: dict[int, Report]
+    ) -> dict[int, Report]:
+        """Query `node_ids`, check their answers with those `known`, then map and log them."""
+        if not node_ids:
+            return {}
         messages = [
             Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
             for node_id in node_ids
         ]
-        replies = sorted(
-            grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S),
-            key=lambda reply: reply.metadata.src_node_id,
-        )
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            if reply.has_error():
-                log(WARNING, "query: node %s failed: %s", node_id, reply.error.reason)
-                continue
-            metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
-            partition_id = int(metrics.get(keys.PARTITION_ID, -1))
-            if partition_id < 0 or partition_id in self.node_of:
-                log(WARNING, "query: node %s sent no usable partition id", node_id)
-                continue
+        replies = grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S)
+        reports = {reply.metadata.src_node_id: self._partition_report(reply) for reply in replies}
+        problem = setup_problem(known | reports)
+        if problem:
+            raise DiscoveryError(problem)
+        for node_id, (partition_id, _) in reports.items():
             self.node_of[partition_id] = node_id
             self.partition_of[node_id] = partition_id
-        for node_id in sorted(node_ids, key=lambda node: self.partition_of.get(node, -1)):
-            partition_id = self.partition_of.get(node_id, -1)
-            self._queue_down(0, partition_id, node_id, "query", RecordDict(), {})
         for reply in self._sorted(replies):
-            measured = self._receive(reply)
-            status = "delivered" if self._partition(reply) >= 0 else "rejected"
-            self._log_reply(0, "query", reply, "failed" if reply.has_error() else status, measured)
-        self._flush_pending("query")
-        if not self.node_of:
-            raise RuntimeError("no node answered the partition-id query; nothing to train")
-        if self.clock is not None:
-            self.clock.start(sorted(self.node_of))
-        return len(self.node_of)
+            node_id = reply.metadata.src_node_id
+            self._queue_down(0, self._partition(reply), node_id, "query", RecordDict(), {})
+            self._log_reply(0, "query", reply, "delivered", self._receive(reply))
+        return reports
+
+    @staticmethod
+    def _partition_report(reply: Message) -> Report:
+        """(partition-id, num-partitions) from a query reply; None when it has none."""
+        if reply.has_error():
+            raise DiscoveryError(
+                f"node {reply.metadata.src_node_id} failed the partition-id query: "
+                f"{reply.error.reason}"
+            )
+        metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
+        ids = metrics.get(keys.PARTITION_ID), metrics.get(keys.NUM_PARTITIONS)
+        if not all(isinstance(value, int) for value in ids):
+            return None
+        return int(ids[0]), int(ids[1])
 
     # ------------------------------------------------------------------ training
     def configure_train(

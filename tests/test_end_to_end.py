@@ -1,4 +1,4 @@
-"""End to end: a real `flwr run` and the run_simulation API, on the synthetic dataset.
+"""End to end: real `flwr run`s and the run_simulation API, on the synthetic dataset.
 
 Logistic model, synthetic data: per message the model is 7,850 float32 = 31,400 B, and the
 hand-computed framing is two 128-byte .npy headers plus the keys "linear.weight" (13) and
@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flower_app.launch import flower_env, flower_processes
+from flower_app.launch import FLWR_ROOT
+from flower_app.processes import processes_under
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_BYTES = 7850 * 4
@@ -28,9 +29,13 @@ RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-
 pytestmark = pytest.mark.e2e
 
 
+def module_command(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        module_command(module, *args),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -44,17 +49,14 @@ def run_folder(output: subprocess.CompletedProcess) -> Path:
     return Path(output.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
 
 
-def test_flwr_run_writes_exact_logs_and_leaves_nothing_running(tmp_path):
-    # Execute: 4 clients, fraction 0.5 -> 2 per round, 2 rounds
-    output = run_module(
-        "flower_app.launch",
-        "--num-supernodes",
-        "4",
-        "--run-config",
-        f"{RUN_CONFIG} output-dir='{tmp_path}'",
-    )
-    run_dir = run_folder(output)
-    # Assert: logs
+def leftover_processes() -> list:
+    """Processes of any launch of this checkout still running (none after a launch ends)."""
+    homes = list(FLWR_ROOT.iterdir()) if FLWR_ROOT.exists() else []
+    return [process for home in homes for process in processes_under(home)]
+
+
+def assert_exact_fedavg_logs(run_dir: Path) -> None:
+    """4 clients, fraction 0.5 -> 2 per round, 2 rounds: every message's bytes by hand."""
     rounds = pd.read_csv(run_dir / "rounds.csv")
     messages = pd.read_csv(run_dir / "bandwidth.csv")
     train = messages[messages["phase"] == "train"]
@@ -75,8 +77,37 @@ def test_flwr_run_writes_exact_logs_and_leaves_nothing_running(tmp_path):
     summary = pd.read_json(run_dir / "summary.json", typ="series")
     assert summary["bandwidth"]["formula_bytes"] == 2 * MODEL_BYTES * 4 * 0.5 * 2
     assert summary["bandwidth"]["measured_train_bytes"] == 4 * (DOWN_WIRE + UP_WIRE)
-    # Assert: the SuperLink and SuperExec that `flwr run` started are gone
-    assert flower_processes(Path(flower_env()["FLWR_HOME"])) == []
+
+
+def test_two_flwr_runs_at_once_write_exact_logs_and_leave_nothing_running(tmp_path):
+    # Execute: two launches side by side, each on a SuperLink of its own (free ports)
+    launches = [
+        subprocess.Popen(
+            module_command(
+                "flower_app.launch",
+                "--num-supernodes",
+                "4",
+                "--run-config",
+                f"{RUN_CONFIG} output-dir='{tmp_path}' run-name='launch-{index}'",
+            ),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    outputs = [
+        subprocess.CompletedProcess(launch.args, launch.wait(timeout=300), *launch.communicate())
+        for launch in launches
+    ]
+    # Assert: both finished with exact logs, the same ones; nothing of theirs is left running
+    folders = [run_folder(output) for output in outputs]
+    for folder in folders:
+        assert_exact_fedavg_logs(folder)
+    first, second = (folder / "bandwidth.csv" for folder in folders)
+    assert first.read_bytes() == second.read_bytes()
+    assert leftover_processes() == []
 
 
 def test_same_seed_gives_identical_logs(tmp_path):

@@ -13,7 +13,7 @@ from flower_app.config import parse
 from flower_app.recorder import Recorder
 from mods import keys
 from strategies import BandwidthFedAvg
-from strategies.bandwidth_fedavg import wait_for_nodes
+from strategies.discovery import wait_for_nodes
 
 # Hand-computed sizes. np.save writes a 128-byte header (magic, version, dict, padding)
 # before the raw values, and ArrayRecord.count_bytes adds the key's length:
@@ -51,6 +51,7 @@ class FakeGrid:
 
     def __init__(self, partitions: int, node_offset: int = 1000) -> None:
         self.partition_of_node = {node_offset + 7 * pid: pid for pid in range(partitions)}
+        self.partitions = partitions
 
     def get_node_ids(self):
         return list(self.partition_of_node)
@@ -59,7 +60,7 @@ class FakeGrid:
         replies = []
         for msg in messages:
             pid = self.partition_of_node[msg.metadata.dst_node_id]
-            metrics = MetricRecord({keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: 4})
+            metrics = MetricRecord({keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: self.partitions})
             replies.append(Message(RecordDict({keys.METRICS: metrics}), reply_to=msg))
         return replies[::-1]  # arrival order must not matter
 
@@ -198,6 +199,6 @@ def test_discovery_waits_until_every_node_is_registered():
             return self.answers.pop(0) if self.answers else list(self.partition_of_node)
 
     # Execute
-    node_ids = wait_for_nodes(RegisteringGrid())
+    node_ids = wait_for_nodes(RegisteringGrid(), timeout_s=60)
     # Assert
     assert node_ids == [1000, 1007, 1014]

@@ -1,0 +1,148 @@
+"""Run an experiment on Flower's deployment engine: a SuperLink and N SuperNodes on this machine.
+
+Every process listens on a free loopback port and keeps its state in a Flower home of its own
+under `.flwr/deploy-*/`; SuperNode i gets the node config `partition-id=i num-partitions=N`.
+The experiment runs with `flwr run .` over an explicit connection (never Flower's default
+one) and writes the usual run folder; every process is stopped by pid when the run ends,
+fails, or is interrupted (Ctrl-C, SIGTERM).
+
+    python -m flower_app.deploy --supernodes 3 --run-config "model='logistic'"
+    python -m flower_app.deploy --supernodes 3 --tls          # TLS end to end
+    python -m flower_app.deploy --supernodes 3 --tls --auth   # and SuperNode authentication
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from flower_app.certificates import write_node_key, write_tls_files
+from flower_app.config import ConfigError
+from flower_app.launch import (
+    command_line,
+    flwr_run,
+    new_home,
+    remove_home,
+    start_superlink,
+    validated_run_config,
+    write_connection,
+)
+from flower_app.processes import (
+    LOOPBACK,
+    flower_command,
+    flower_env,
+    free_port,
+    processes_under,
+    start_daemon,
+    stop_trees,
+)
+from flower_app.simulation import parse_run_config
+
+
+@dataclass
+class Deployment:
+    """A SuperLink and its SuperNodes on loopback; `stop()` ends every process it started."""
+
+    home: Path
+    num_supernodes: int
+    tls: bool = False
+    auth: bool = False
+    started: list[psutil.Process] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start the SuperLink, register the nodes' keys (auth), start the SuperNodes."""
+        env = flower_env(self.home)
+        superlink_args, node_args, connection = self._security()
+        superlink, port = start_superlink(
+            self.home, env, superlink_args, "https" if self.tls else "http"
+        )
+        self.started.append(superlink)
+        connection["address"] = f"{LOOPBACK}:{port}"
+        write_connection(self.home, connection)
+        for partition_id in range(self.num_supernodes):
+            self._start_supernode(partition_id, port, node_args)
+
+    def stop(self) -> list[int]:
+        """Stop every process of the deployment, by pid; return the pids."""
+        stopped = stop_trees(self.started)
+        return stopped + stop_trees(processes_under(self.home))
+
+    def _security(self) -> tuple[list[str], list[str], dict[str, Any]]:
+        """SuperLink arguments, SuperNode arguments and the `flwr` connection (no address)."""
+        if not self.tls:
+            return ["--insecure"], ["--insecure"], {"insecure": True}
+        ca, cert, key = write_tls_files(self.home / "certs", ["127.0.0.1", "localhost"])
+        superlink = ["--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert)]
+        superlink += ["--ssl-keyfile", str(key)]
+        if self.auth:
+            superlink.append("--enable-supernode-auth")
+        return superlink, ["--root-certificates", str(ca)], {"root-certificates": str(ca)}
+
+    def _start_supernode(self, partition_id: int, superlink_port: int, args: list[str]) -> None:
+        node_home = self.home / f"supernode-{partition_id}"
+        node_home.mkdir()
+        env = flower_env(node_home)
+        if self.auth:
+            private, public = write_node_key(self.home / "certs", node_home.name)
+            self._register(public)
+            args = [*args, "--auth-supernode-private-key", str(private)]
+        node_config = f"partition-id={partition_id} num-partitions={self.num_supernodes}"
+        command = [
+            flower_command("flower-supernode"),
+            *args,
+            "--superlink",
+            f"{LOOPBACK}:{superlink_port}",
+            "--port",
+            str(free_port()),
+            "--node-config",
+            node_config,
+        ]
+        self.started.append(start_daemon(command, env, node_home / "supernode.log"))
+
+    def _register(self, public_key: Path) -> None:
+        command = [flower_command("flwr"), "supernode", "register", str(public_key), "launch"]
+        subprocess.run(
+            command, env=flower_env(self.home), check=True, capture_output=True, timeout=60
+        )
+
+
+def run_deployed(
+    overrides: dict[str, Any], num_supernodes: int, tls: bool = False, auth: bool = False
+) -> Path:
+    """Validate, deploy on loopback, run the experiment, stop everything; the run folder."""
+    if auth and not tls:
+        raise ConfigError("--auth needs --tls: Flower authenticates SuperNodes over TLS only")
+    run_config = validated_run_config(overrides, num_supernodes)
+    deployment = Deployment(new_home("deploy"), num_supernodes, tls, auth)
+    try:
+        deployment.start()
+        run_dir = flwr_run(deployment.home, flower_env(deployment.home), run_config)
+    finally:
+        deployment.stop()
+    remove_home(deployment.home)  # kept when the run failed: its logs are there
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--supernodes", type=int, default=3)
+    parser.add_argument("--run-config", default="", help="k=v pairs, as for `flwr run`")
+    parser.add_argument("--tls", action="store_true", help="TLS with a self-signed CA")
+    parser.add_argument("--auth", action="store_true", help="SuperNode authentication (TLS)")
+    args = parser.parse_args(argv)
+    return command_line(
+        lambda: run_deployed(
+            parse_run_config(args.run_config), args.supernodes, args.tls, args.auth
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
