@@ -1,0 +1,191 @@
+"""Flower's deployment engine: a real SuperLink and SuperNodes, discovery, bundle, TLS files."""
+
+from __future__ import annotations
+
+import io
+import tomllib
+import zipfile
+
+import pandas as pd
+import pytest
+import tomli_w
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from flwr.app import Error, Message, MetricRecord, RecordDict
+from flwr.cli.build import build_fab_from_disk
+
+from flower_app.certificates import write_node_key, write_tls_files
+from flower_app.config import ConfigError, parse
+from flower_app.launch import nested
+from flower_app.recorder import Recorder
+from mods import keys
+from strategies import BandwidthFedAvg, bandwidth_fedavg
+from strategies.discovery import DiscoveryError, missing_partitions, setup_problem
+from tests.test_end_to_end import REPO, leftover_processes, run_folder, run_module
+from tests.test_strategy import FakeGrid, read_rows, task_identity  # noqa: F401
+
+DEPLOY_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-train=1.0 seed=7"
+
+
+# ---------------------------------------------------------------- the real thing
+@pytest.mark.e2e
+@pytest.mark.parametrize("strategy", ["fedavg", "stc"])
+def test_deployment_logs_equal_the_simulation(tmp_path, strategy):
+    # Execute: the same experiment on a SuperLink + 2 SuperNodes and in a simulation
+    run_config = f"{DEPLOY_CONFIG} strategy='{strategy}' output-dir='{tmp_path}'"
+    deployed = run_folder(
+        run_module(
+            "flower_app.deploy",
+            "--supernodes",
+            "2",
+            "--run-config",
+            f"{run_config} run-name='deployed'",
+        )
+    )
+    simulated = run_folder(
+        run_module(
+            "flower_app.simulation",
+            "--num-supernodes",
+            "2",
+            "--run-config",
+            f"{run_config} run-name='simulated'",
+        )
+    )
+    # Assert: the same messages, bytes, statuses and accuracy; nothing left running
+    assert (deployed / "bandwidth.csv").read_bytes() == (simulated / "bandwidth.csv").read_bytes()
+    deployed_rounds, simulated_rounds = (
+        pd.read_csv(folder / "rounds.csv").drop(columns="wall_s")
+        for folder in (deployed, simulated)
+    )
+    pd.testing.assert_frame_equal(deployed_rounds, simulated_rounds)
+    assert deployed_rounds["selected"].tolist() == [0, 2, 2]
+    assert leftover_processes() == []
+
+
+# ---------------------------------------------------------------- discovery
+def test_partition_reports_that_no_waiting_mends_are_named():
+    assert setup_problem({5: (0, 2), 9: (1, 2)}) == ""
+    assert setup_problem({5: (0, 2), 9: None}).startswith(
+        "node 9 reported no partition-id and num-partitions; start each SuperNode with "
+        "--node-config 'partition-id=<i> num-partitions=<n>'"
+    )
+    assert setup_problem({5: (1, 2), 9: (1, 2)}) == (
+        "nodes 5 and 9 both have partition-id=1; give each SuperNode its own"
+    )
+    assert setup_problem({5: (2, 2)}) == (
+        "node 5 has partition-id=2, outside 0..1 (num-partitions=2)"
+    )
+    assert setup_problem({5: (0, 2), 9: (1, 3)}).startswith(
+        "the nodes disagree on num-partitions ([2, 3])"
+    )
+    assert missing_partitions({5: (0, 4), 9: (2, 4)}) == [1, 3]
+    assert missing_partitions({}) == []
+
+
+class LateGrid(FakeGrid):
+    """Partition 2's node joins only after the first query round."""
+
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.calls = 0
+
+    def get_node_ids(self):
+        self.calls += 1
+        nodes = list(self.partition_of_node)
+        return nodes if self.calls > 6 else nodes[:2]
+
+
+def test_discovery_waits_for_a_node_that_joins_late(flat_config, tmp_path):
+    strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    assert strategy.discover_partitions(LateGrid()) == 3
+    assert strategy.node_of == {0: 1000, 1: 1007, 2: 1014}
+    rows = read_rows(strategy.recorder)
+    assert [row["partition_id"] for row in rows] == ["0", "0", "1", "1", "2", "2"]
+
+
+def test_discovery_names_the_missing_partition_at_the_deadline(flat_config, tmp_path, monkeypatch):
+    class GapGrid(FakeGrid):  # partitions 0 and 2 of 3: partition 1 never comes
+        def __init__(self) -> None:
+            super().__init__(3)
+            del self.partition_of_node[1007]
+
+    monkeypatch.setattr(bandwidth_fedavg, "DISCOVERY_TIMEOUT_S", 0.0)
+    strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    with pytest.raises(DiscoveryError, match="^no node has partition-id 1 after 0 s"):
+        strategy.discover_partitions(GapGrid())
+
+
+def test_discovery_rejects_a_node_without_node_config_before_logging_it(flat_config, tmp_path):
+    class UnconfiguredGrid(FakeGrid):
+        def send_and_receive(self, messages, timeout=None):
+            replies = super().send_and_receive(messages, timeout)
+            node_1007 = next(m for m in messages if m.metadata.dst_node_id == 1007)
+            empty = Message(RecordDict({keys.METRICS: MetricRecord()}), reply_to=node_1007)
+            return [r for r in replies if r.metadata.src_node_id != 1007] + [empty]
+
+    strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    with pytest.raises(DiscoveryError, match="^node 1007 reported no partition-id"):
+        strategy.discover_partitions(UnconfiguredGrid(3))
+    assert read_rows(strategy.recorder) == []  # no row, least of all one of partition -1
+
+
+def test_discovery_reports_a_node_whose_query_failed(flat_config, tmp_path):
+    class FailingGrid(FakeGrid):
+        def send_and_receive(self, messages, timeout=None):
+            return [Message(Error(0, "boom"), reply_to=m) for m in messages]
+
+    strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    with pytest.raises(DiscoveryError, match="failed the partition-id query: boom"):
+        strategy.discover_partitions(FailingGrid(2))
+
+
+# ---------------------------------------------------------------- what nodes get and read
+def test_a_client_ignores_the_servers_trace_file_and_output_dir(flat_config):
+    flat_config |= {
+        "net.channel": "trace",
+        "net.trace-file": "/nowhere/trace.csv",
+        "output-dir": "",
+    }
+    with pytest.raises(ConfigError, match="output-dir=''"):
+        parse(flat_config)
+    assert parse(flat_config, server=False).net.trace_file == "/nowhere/trace.csv"
+
+
+def test_the_app_bundle_holds_the_packages_alone():
+    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(REPO))).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {".info", "pyproject.toml", "flower_app", "strategies", "mods"} | {
+        "fedcodec",
+        "netsim",
+    }
+    assert "flower_app/client_app.py" in names and "fedcodec/stc.py" in names
+
+
+def test_run_config_travels_as_toml_with_quotes_intact():
+    flat = {"run-name": "it's", "stc.p-up": 0.1, "stc.accumulate-up": False, "seed": 3}
+    text = tomli_w.dumps(nested(flat))
+    assert tomllib.loads(text) == {
+        "run-name": "it's",
+        "stc": {"p-up": 0.1, "accumulate-up": False},
+        "seed": 3,
+    }
+
+
+# ---------------------------------------------------------------- TLS and node keys
+def test_tls_files_chain_to_the_ca_and_name_the_hosts(tmp_path):
+    ca_path, cert_path, key_path = write_tls_files(tmp_path, ["127.0.0.1", "node.example"])
+    ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["node.example"]
+    assert key_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_node_keys_are_openssh_ecdsa(tmp_path):
+    private, public = write_node_key(tmp_path, "supernode-0")
+    key = load_ssh_private_key(private.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
