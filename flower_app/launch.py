@@ -130,11 +130,18 @@ def nested(flat: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
-def run_flwr(overrides: dict[str, Any], num_supernodes: int, client_cpus: int) -> Path:
-    """Validate, run on a simulation SuperLink of this launch's own, stop it; the run folder."""
+def run_flwr(
+    overrides: dict[str, Any], num_supernodes: int, client_cpus: int, client_gpus: float = 0.0
+) -> Path:
+    """Validate, run on a simulation SuperLink of this launch's own, stop it; the run folder.
+
+    `client_gpus` is the GPU fraction Ray reserves per client (0.2: five clients share one).
+    """
     run_config = validated_run_config(overrides, num_supernodes)
     if client_cpus < 1:
         raise ConfigError(f"client-cpus={client_cpus} is out of range; allowed: integer >= 1")
+    if not 0 <= client_gpus <= 1:
+        raise ConfigError(f"client-gpus={client_gpus} is out of range; allowed: [0, 1]")
     home = new_home("launch")
     env = flower_env(home)
     started: list[psutil.Process] = []
@@ -142,7 +149,10 @@ def run_flwr(overrides: dict[str, Any], num_supernodes: int, client_cpus: int) -
         superlink, port = start_superlink(home, env, ["--insecure", "--simulation"])
         started.append(superlink)
         write_connection(home, {"address": f"{LOOPBACK}:{port}", "insecure": True})
-        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}"
+        federation = (
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus} "
+            f"client-resources-num-gpus={client_gpus}"
+        )
         run_dir = flwr_run(home, env, run_config, "--federation-config", federation)
     finally:
         stop_trees(started)
@@ -180,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="k=v pairs, as for `flwr run`")
     parser.add_argument("--num-supernodes", type=int, default=20)
     parser.add_argument("--client-cpus", type=int, default=1)
+    parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU fraction per client")
     parser.add_argument("--stop", action="store_true", help="stop leftover Flower daemons")
     args = parser.parse_args(argv)
     if args.stop:
@@ -187,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped {len(stopped)} Flower process(es)" if stopped else "nothing to stop")
         return 0
     return command_line(
-        lambda: run_flwr(parse_run_config(args.run_config), args.num_supernodes, args.client_cpus)
+        lambda: run_flwr(
+            parse_run_config(args.run_config),
+            args.num_supernodes,
+            args.client_cpus,
+            args.client_gpus,
+        )
     )
 
 
