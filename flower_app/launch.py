@@ -181,7 +181,11 @@ def exit_on_sigterm() -> None:
 def command_line(action: Callable[[], Path]) -> int:
     """Run `action` as a command: config errors exit 2; nothing stays running on any exit."""
     exit_on_sigterm()
-    return run_command(action)
+    try:
+        return run_command(action)
+    except KeyboardInterrupt:
+        print("interrupted; every process this launch started was stopped", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

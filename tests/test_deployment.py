@@ -12,10 +12,11 @@ import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-from flwr.app import Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.cli.build import build_fab_from_disk
 
 from flower_app.certificates import write_node_key, write_tls_files
+from flower_app.client_app import make_client_app
 from flower_app.config import ConfigError, parse
 from flower_app.launch import nested
 from flower_app.recorder import Recorder
@@ -141,6 +142,20 @@ def test_discovery_reports_a_node_whose_query_failed(flat_config, tmp_path):
 
 
 # ---------------------------------------------------------------- what nodes get and read
+@pytest.mark.parametrize(
+    ("node_config", "expected"),
+    [
+        ({keys.PARTITION_ID: 2, keys.NUM_PARTITIONS: 3}, {"partition-id": 2, "num-partitions": 3}),
+        ({}, {}),  # no node config: an empty answer that the server names, never a crash
+    ],
+)
+def test_a_client_answers_the_query_with_its_node_config(flat_config, node_config, expected):
+    app = make_client_app(flat_config)
+    query = Message(RecordDict(), dst_node_id=1, message_type=MessageType.QUERY)
+    reply = app(query, Context(1, 1, node_config, RecordDict(), {}))
+    assert dict(reply.content[keys.METRICS]) == expected
+
+
 def test_a_client_ignores_the_servers_trace_file_and_output_dir(flat_config):
     flat_config |= {
         "net.channel": "trace",
