@@ -14,6 +14,7 @@ Ctrl-C and SIGTERM; the exit code is non-zero unless the run folder holds a summ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -47,7 +48,7 @@ from strategies.network import check_network
 REPO = PYPROJECT.parent
 FLWR_ROOT = REPO / ".flwr"  # every launch's Flower home lies below
 CONNECTION = "launch"  # the name of the connection in a launch's config.toml
-PORT_ATTEMPTS = 3  # a free port can be taken between choosing and binding it
+PORT_ATTEMPTS = 3
 
 
 def new_home(kind: str) -> Path:
@@ -73,30 +74,31 @@ def validated_run_config(overrides: dict[str, Any], num_supernodes: int) -> dict
 def start_superlink(
     home: Path, env: dict[str, str], security: list[str], scheme: str = "http"
 ) -> tuple[psutil.Process, int]:
-    """Start a SuperLink on a free loopback port and wait until it answers; (process, port)."""
-    for attempt in range(PORT_ATTEMPTS):
-        port = free_port()
-        command = [
-            flower_command("flower-superlink"),
-            *security,
-            "--isolation",
-            "subprocess",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--disable-runtime-dependency-installation",
-        ]
-        log_path = home / "superlink.log"
-        superlink = start_daemon(command, env, log_path)
-        try:
-            wait_until_healthy(superlink, f"{scheme}://{LOOPBACK}:{port}/health", log_path)
-            return superlink, port
-        except ProcessStartError:
-            stop_trees([superlink])
-            if attempt == PORT_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+    """Start a SuperLink on a free loopback port and wait until it answers; (process, port).
+
+    A port can be taken between choosing and binding it: the start is tried again on another.
+    """
+    for _ in range(PORT_ATTEMPTS - 1):
+        with contextlib.suppress(ProcessStartError):
+            return _start_superlink_once(home, env, security, scheme)
+    return _start_superlink_once(home, env, security, scheme)
+
+
+def _start_superlink_once(
+    home: Path, env: dict[str, str], security: list[str], scheme: str
+) -> tuple[psutil.Process, int]:
+    port = free_port()
+    command = [flower_command("flower-superlink"), *security, "--isolation", "subprocess"]
+    command += ["--host", LOOPBACK, "--port", str(port)]
+    command.append("--disable-runtime-dependency-installation")
+    log_path = home / "superlink.log"
+    superlink = start_daemon(command, env, log_path)
+    try:
+        wait_until_healthy(superlink, f"{scheme}://{LOOPBACK}:{port}/health", log_path)
+    except ProcessStartError:
+        stop_trees([superlink])
+        raise
+    return superlink, port
 
 
 def write_connection(home: Path, connection: dict[str, Any]) -> None:
