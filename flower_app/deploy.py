@@ -3,8 +3,10 @@
 Every process listens on a free loopback port and keeps its state in a Flower home of its own
 under `.flwr/deploy-*/`; SuperNode i gets the node config `partition-id=i num-partitions=N`.
 The experiment runs with `flwr run .` over an explicit connection (never Flower's default
-one) and writes the usual run folder; every process is stopped by pid when the run ends,
-fails, or is interrupted (Ctrl-C, SIGTERM).
+one) and writes the usual run folder, plus `transport.csv`: per SuperNode, the bytes its TCP
+connections to the SuperLink carried each way over the whole run (counted by a forwarder
+between the two). Every process is stopped by pid when the run ends, fails, or is interrupted
+(Ctrl-C, SIGTERM).
 
     python -m flower_app.deploy --supernodes 3 --run-config "model='logistic'"
     python -m flower_app.deploy --supernodes 3 --tls          # TLS end to end
@@ -20,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import psutil
 
+from flower_app.byte_meter import ByteMeter
 from flower_app.certificates import write_node_key, write_tls_files
 from flower_app.config import ConfigError
 from flower_app.launch import (
@@ -47,13 +51,18 @@ from flower_app.simulation import parse_run_config
 
 @dataclass
 class Deployment:
-    """A SuperLink and its SuperNodes on loopback; `stop()` ends every process it started."""
+    """A SuperLink and its SuperNodes on loopback; `stop()` ends every process it started.
+
+    Each SuperNode reaches the SuperLink through a `ByteMeter` of its own, which counts the
+    node's transport bytes each way.
+    """
 
     home: Path
     num_supernodes: int
     tls: bool = False
     auth: bool = False
     started: list[psutil.Process] = field(default_factory=list)
+    meters: list[ByteMeter] = field(default_factory=list)
 
     def start(self) -> None:
         """Start the SuperLink, register the nodes' keys (auth), start the SuperNodes."""
@@ -69,9 +78,21 @@ class Deployment:
             self._start_supernode(partition_id, port, node_args)
 
     def stop(self) -> list[int]:
-        """Stop every process of the deployment, by pid; return the pids."""
+        """Stop every process of the deployment, by pid, and the meters; return the pids."""
         stopped = stop_trees(self.started)
+        for meter in self.meters:
+            meter.close()
         return stopped + stop_trees(processes_under(self.home))
+
+    def transport_bytes(self) -> pd.DataFrame:
+        """Per SuperNode (partition id), the TCP payload bytes it sent and received so far."""
+        return pd.DataFrame(
+            {
+                "partition_id": range(len(self.meters)),
+                "up_bytes": [meter.up_bytes for meter in self.meters],
+                "down_bytes": [meter.down_bytes for meter in self.meters],
+            }
+        )
 
     def _security(self) -> tuple[list[str], list[str], dict[str, Any]]:
         """SuperLink arguments, SuperNode arguments and the `flwr` connection (no address)."""
@@ -93,11 +114,13 @@ class Deployment:
             self._register(public)
             args = [*args, "--auth-supernode-private-key", str(private)]
         node_config = f"partition-id={partition_id} num-partitions={self.num_supernodes}"
+        meter = ByteMeter(superlink_port)
+        self.meters.append(meter)
         command = [
             flower_command("flower-supernode"),
             *args,
             "--superlink",
-            f"{LOOPBACK}:{superlink_port}",
+            f"{LOOPBACK}:{meter.port}",
             "--port",
             str(free_port()),
             "--node-config",
@@ -125,6 +148,7 @@ def run_deployed(
         run_dir = flwr_run(deployment.home, flower_env(deployment.home), run_config)
     finally:
         deployment.stop()
+    deployment.transport_bytes().to_csv(run_dir / "transport.csv", index=False)
     remove_home(deployment.home)  # kept when the run failed: its logs are there
     return run_dir
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import socket
+import threading
 import tomllib
 import zipfile
 
@@ -15,10 +17,12 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.cli.build import build_fab_from_disk
 
+from flower_app.byte_meter import ByteMeter
 from flower_app.certificates import write_node_key, write_tls_files
 from flower_app.client_app import make_client_app
 from flower_app.config import ConfigError, parse
 from flower_app.launch import nested
+from flower_app.processes import LOOPBACK
 from flower_app.recorder import Recorder
 from mods import keys
 from strategies import BandwidthFedAvg, bandwidth_fedavg
@@ -62,6 +66,13 @@ def test_deployment_logs_equal_the_simulation(tmp_path, strategy):
     pd.testing.assert_frame_equal(deployed_rounds, simulated_rounds)
     assert deployed_rounds["selected"].tolist() == [0, 2, 2]
     assert leftover_processes() == []
+    # the transport bytes of each node's connection cover at least its messages' content
+    messages = pd.read_csv(deployed / "bandwidth.csv")
+    content = messages.pivot_table("wire_bytes", "partition_id", "direction", aggfunc="sum")
+    transport = pd.read_csv(deployed / "transport.csv").set_index("partition_id")
+    assert transport.index.tolist() == [0, 1]
+    assert (transport["up_bytes"] > content["up"]).all()
+    assert (transport["down_bytes"] > content["down"]).all()
 
 
 # ---------------------------------------------------------------- discovery
@@ -204,3 +215,32 @@ def test_node_keys_are_openssh_ecdsa(tmp_path):
     key = load_ssh_private_key(private.read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+
+
+# ---------------------------------------------------------------- the transport byte meter
+def test_byte_meter_forwards_and_counts_each_way():
+    # Prepare: a loopback server that answers every request with twice its bytes
+    with socket.create_server((LOOPBACK, 0)) as server:
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            connection, _ = server.accept()
+            with connection:
+                while data := connection.recv(4096):
+                    connection.sendall(data * 2)
+
+        threading.Thread(target=serve, daemon=True).start()
+        meter = ByteMeter(port)
+        try:
+            # Execute: 3 requests of 1,000, 10 and 1 bytes through the meter
+            with socket.create_connection((LOOPBACK, meter.port)) as client:
+                for size in (1000, 10, 1):
+                    client.sendall(b"x" * size)
+                    received = b""
+                    while len(received) < 2 * size:
+                        received += client.recv(4096)
+                    assert received == b"xx" * size
+        finally:
+            meter.close()
+    # Assert: 1,011 bytes up, 2,022 down
+    assert (meter.up_bytes, meter.down_bytes) == (1011, 2022)
