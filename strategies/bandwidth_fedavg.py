@@ -428,10 +428,10 @@ class BandwidthFedAvg(FedAvg):
         } | fields
 
     def _flush_pending(self, phase: str) -> None:
-        """Log the sent messages that got no reply, in partition order."""
+        """Log the sent messages that got no reply (`timeout`), in partition order."""
         keys_left = [key for key in self._pending if key[0] == phase]
         for key in sorted(keys_left, key=lambda k: self._pending[k]["partition_id"]):
-            self._log(**self._pending.pop(key))
+            self._log(**self._pending.pop(key), status="timeout")
 
     def _receive(self, reply: Message) -> tuple[int, dict]:
         """Bytes of a reply as it arrived, and the sizes the client measured (record removed)."""
@@ -450,8 +450,8 @@ class BandwidthFedAvg(FedAvg):
         measured, client_sizes = received
         partition_id = self._partition(reply)
         down = self._pending.pop((phase, reply.metadata.src_node_id), None)
-        if down is not None:
-            self._log(**down, client_bytes=client_sizes.get(keys.DOWN_BYTES, ""))
+        if down is not None:  # a message down shares the fate of its exchange
+            self._log(**down, status=status, client_bytes=client_sizes.get(keys.DOWN_BYTES, ""))
         fields = self.reply_fields(phase, reply)
         self._log(
             server_round,
@@ -506,7 +506,7 @@ class BandwidthFedAvg(FedAvg):
     ) -> tuple[float | str, float | str]:
         """A train message's simulated start and end ("" without a network or a reply)."""
         timeline = self._timelines.get(phase, {}).get(partition_id)
-        if timeline is None or status == "failed":
+        if timeline is None or (status in ("failed", "timeout") and direction == "up"):
             return "", ""
         if direction == "down":
             return round(timeline.down_start, 6), round(timeline.down_end, 6)

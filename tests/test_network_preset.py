@@ -137,6 +137,9 @@ def test_overcommit_selects_more_and_keeps_the_first_arrivals(flat_config, tmp_p
     assert len(up) == 3 and row["selected"] == 3 and row["delivered"] == 2
     arrivals = sorted(up, key=lambda p: float(up[p]["sim_end_s"]))
     assert [up[p]["status"] for p in arrivals] == ["delivered", "delivered", "dropped"]
+    down = {int(r["partition_id"]): r for r in train_rows(recorder) if r["direction"] == "down"}
+    assert {p: down[p]["status"] for p in up} == {p: up[p]["status"] for p in up}
+    assert all(down[p]["sim_end_s"] != "" for p in up)  # a dropped model still took its time
     assert row["sim_time_s"] == float(up[arrivals[1]]["sim_end_s"])
 
 

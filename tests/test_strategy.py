@@ -137,6 +137,35 @@ def test_failed_and_garbage_replies_are_logged_and_left_out(flat_config, tmp_pat
     np.testing.assert_array_equal(arrays["w"].numpy(), np.ones((2, 3), np.float32))
 
 
+def test_a_message_down_shares_the_fate_of_its_exchange(flat_config, tmp_path):
+    # Prepare: 4 clients; 0 delivers, 1 raises, 2 sends NaN, 3 never answers
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path, **{"fraction-train": 1.0})
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    replies = [
+        train_reply(messages[0], 1.0),
+        Message(Error(code=0, reason="client crashed"), reply_to=messages[1]),
+        train_reply(messages[2], float("nan")),
+    ]
+    # Execute
+    strategy.aggregate_train(1, replies)
+    # Assert: each pair (down, up) carries one status; no answer is a lone `timeout` row down
+    rows = [r for r in read_rows(recorder) if r["phase"] == "train"]
+    assert [(r["partition_id"], r["direction"], r["status"]) for r in rows] == [
+        ("0", "down", "delivered"),
+        ("0", "up", "delivered"),
+        ("1", "down", "failed"),
+        ("1", "up", "failed"),
+        ("2", "down", "rejected"),
+        ("2", "up", "rejected"),
+        ("3", "down", "timeout"),
+    ]
+    # the train-phase totals hold the delivered exchange alone; rounds.csv every message sent
+    summary = strategy.bandwidth_summary(model_bytes=DENSE_BYTES)
+    assert summary["measured_train_bytes"] == DOWN_WIRE + UP_WIRE == 646
+    assert summary["total_down_bytes"] == 4 * DOWN_WIRE  # the query requests are empty: 0 B
+    assert summary["total_up_bytes"] == 4 * 42 + 2 * UP_WIRE  # the 4 query replies, 0 and 2
+
+
 def test_fedavg_weights_by_examples_in_partition_order(flat_config, tmp_path):
     strategy, grid, _ = make_strategy(flat_config, tmp_path, **{"fraction-train": 1.0})
     messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
