@@ -4,7 +4,7 @@ Clients send STC-encoded updates (mods/stc_mod.py). The server decodes them, ave
 weighted by examples, runs its own error feedback and STC at `stc.p-down`, and moves the global
 model by exactly the compressed delta it will send, so that server and clients hold the same
 model. The downlink is honest under partial participation: a client receives the compressed
-deltas of every round since its last sync, or the dense model when that is smaller.
+deltas of every round since its last sync, or the dense model when that message is smaller.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from fedcodec import stc
 from fedcodec.feedback import error_feedback_step
 from mods import keys
-from strategies.accounting import dense_bytes, dense_fields
+from strategies.accounting import dense_bytes, dense_fields, wire_bytes
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
 STC_PARTS = ("bits", "counts", "means")
@@ -44,16 +44,22 @@ class StcFedAvg(CodedFedAvg):
             return super().downlink(server_round, phase, partition_id, arrays, config)
         client_config = self.train_config(config)
         last = self.synced.get(partition_id)
-        # rounds without an accepted update left the model unchanged and sent nothing
-        missed = (
-            [] if last is None else [r for r in range(last + 1, server_round) if r in self.deltas]
-        )
-        catch_up_bits = sum(self.deltas[r].payload_bits for r in missed)
         self.synced[partition_id] = server_round - 1
-        dense_bits = 8 * dense_bytes(arrays)
-        if last is None or catch_up_bits >= dense_bits:
-            content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: client_config})
-            return content, dense_fields(arrays)
+        dense = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: client_config})
+        if last is None:
+            return dense, dense_fields(arrays)
+        # rounds without an accepted update left the model unchanged and sent nothing
+        missed = [r for r in range(last + 1, server_round) if r in self.deltas]
+        catch_up = self._catch_up(missed, ConfigRecord(dict(client_config)))
+        # the choice goes by what travels: every delta has its own .npy headers and keys
+        if wire_bytes(catch_up) >= wire_bytes(dense):
+            return dense, dense_fields(arrays)
+        catch_up_bits = sum(self.deltas[r].payload_bits for r in missed)
+        fields = {"codec": "stc", "payload_bits": catch_up_bits, "dense_bytes": dense_bytes(arrays)}
+        return catch_up, fields
+
+    def _catch_up(self, missed: list[int], client_config: ConfigRecord) -> RecordDict:
+        """The message content that carries the compressed deltas of the `missed` rounds."""
         client_config[keys.DOWN_ROUNDS] = missed
         deltas = ArrayRecord(
             {
@@ -62,9 +68,7 @@ class StcFedAvg(CodedFedAvg):
                 for part in STC_PARTS
             }
         )
-        content = RecordDict({keys.DOWN: deltas, keys.CONFIG: client_config})
-        fields = {"codec": "stc", "payload_bits": catch_up_bits, "dense_bytes": dense_bits // 8}
-        return content, fields
+        return RecordDict({keys.DOWN: deltas, keys.CONFIG: client_config})
 
     def codec_entries(self) -> dict:
         settings = self.config.stc

@@ -147,13 +147,50 @@ def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(flat_conf
                 np.testing.assert_array_equal(seen[0][name], global_model[name].numpy())
             replies.append(reply)
         global_model, _ = strategy.aggregate_train(server_round, replies)
-    # Assert: downlinks were STC catch-ups once a client held a model
+    # Assert: a client's first model is dense; later ones are STC catch-ups whenever that
+    # message is smaller than the dense one (on this 105-weight model, after one missed round)
     rows = [r for r in read_rows(strategy.recorder) if r["phase"] == "train"]
-    down = [(r["round"], r["partition_id"], r["codec"]) for r in rows if r["direction"] == "down"]
-    first_seen = {}
-    for server_round, pid, codec in down:
-        expected = "float32" if pid not in first_seen else "stc"
-        first_seen.setdefault(pid, server_round)
-        assert codec == expected
+    down = [r for r in rows if r["direction"] == "down"]
+    dense_wire = {int(r["wire_bytes"]) for r in down if r["codec"] == "float32"}
+    assert len(dense_wire) == 1
+    first_seen: set[str] = set()
+    for row in down:
+        if row["partition_id"] not in first_seen:
+            assert row["codec"] == "float32"
+        elif row["codec"] == "stc":
+            assert int(row["wire_bytes"]) < min(dense_wire)
+        first_seen.add(row["partition_id"])
+    assert any(row["codec"] == "stc" for row in down)
     assert all(r["codec"] == "stc" for r in rows if r["direction"] == "up")
     assert all(int(r["wire_bytes"]) * 8 >= int(r["payload_bits"]) for r in rows)
+
+
+@pytest.mark.parametrize(("missed", "expected"), [(1, "stc"), (10, "stc"), (400, "float32")])
+def test_catch_up_or_dense_goes_by_the_bytes_that_travel(flat_config, tmp_path, missed, expected):
+    # Prepare: the logistic model (7,850 float32: 31,400 B of values, 31,680 B with its two
+    # .npy headers and keys); client 0 synced at round 0 and missed `missed` server deltas
+    flat_config.update({"strategy": "stc", "stc.p-down": 0.002})
+    strategy = StcFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    shapes = [(10, 784), (10,)]
+    rng = np.random.default_rng(0)
+    for server_round in range(1, missed + 1):
+        update = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
+        strategy.deltas[server_round] = stc.encode(update, 0.002, rng=rng)
+    strategy.synced[0] = 0
+    arrays = ArrayRecord({"linear.weight": Array(np.zeros(shapes[0], np.float32))})
+    arrays["linear.bias"] = Array(np.zeros(shapes[1], np.float32))
+    # Execute
+    content, fields = strategy.downlink(missed + 1, "train", 0, arrays, ConfigRecord())
+    # Assert
+    assert fields["codec"] == expected
+    # A delta costs its payload plus three 128-byte .npy headers, 2 counts and 2 means
+    # (uint32, float32) and its keys "<r>.bits", "<r>.counts", "<r>.means" (>= 21 B): 421 B
+    # at least, so 400 of them (>= 168,400 B) lose to the dense 31,680 B, although their
+    # payload alone would win (the old rule compared payload bits)
+    payload_bits = sum(delta.payload_bits for delta in strategy.deltas.values())
+    if missed == 400:
+        assert payload_bits < 8 * 31_400
+        assert keys.ARRAYS in content
+    else:
+        assert content[keys.CONFIG][keys.DOWN_ROUNDS] == list(range(1, missed + 1))
+        assert fields["payload_bits"] == payload_bits
