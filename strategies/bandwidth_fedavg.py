@@ -29,10 +29,10 @@ from mods import keys
 from netsim.rounds import Timeline, Transfer
 from strategies.accounting import dense_fields, wire_bytes
 from strategies.discovery import (
-    NODE_CONFIG_HINT,
     NODE_POLL_S,
     DiscoveryError,
     Report,
+    coverage_problem,
     missing_partitions,
     setup_problem,
     wait_for_nodes,
@@ -108,17 +108,10 @@ class BandwidthFedAvg(FedAvg):
         while True:
             new = [node_id for node_id in node_ids if node_id not in reports]
             reports |= self._query_partitions(grid, new, reports)
-            missing = missing_partitions(reports)
-            if reports and not missing:
+            if reports and not missing_partitions(reports):
                 break
             if time.monotonic() > deadline:
-                raise DiscoveryError(
-                    f"no node has partition-id {', '.join(map(str, missing))} after "
-                    f"{DISCOVERY_TIMEOUT_S:.0f} s ({len(reports)} node(s) answered); "
-                    f"{NODE_CONFIG_HINT}"
-                    if reports
-                    else f"no node joined within {DISCOVERY_TIMEOUT_S:.0f} s; nothing to train"
-                )
+                raise DiscoveryError(coverage_problem(reports, DISCOVERY_TIMEOUT_S))
             time.sleep(NODE_POLL_S)
             node_ids = sorted(grid.get_node_ids())
         if self.clock is not None:

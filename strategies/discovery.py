@@ -71,3 +71,14 @@ def missing_partitions(reports: dict[int, Report]) -> list[int]:
         return []
     covered = {partition_id for partition_id, _ in valid}
     return [pid for pid in range(valid[0][1]) if pid not in covered]
+
+
+def coverage_problem(reports: dict[int, Report], waited_s: float) -> str:
+    """The error when the wait for nodes ran out: the partition ids that have no node."""
+    if not reports:
+        return f"no node joined within {waited_s:.0f} s; nothing to train"
+    missing = ", ".join(map(str, missing_partitions(reports)))
+    return (
+        f"no node has partition-id {missing} after {waited_s:.0f} s "
+        f"({len(reports)} node(s) answered); {NODE_CONFIG_HINT}"
+    )
