@@ -42,7 +42,7 @@ from flower_app.processes import (
     stop_trees,
     wait_until_healthy,
 )
-from flower_app.simulation import parse_run_config, run_command
+from flower_app.simulation import finished_run, parse_run_config, run_command
 from strategies.network import check_network
 
 REPO = PYPROJECT.parent
@@ -114,10 +114,7 @@ def flwr_run(home: Path, env: dict[str, str], run_config: dict[str, Any], *extra
     command = [flower_command("flwr"), "run", str(REPO), CONNECTION, "--stream"]
     command += ["--run-config", str(config_file), *extra]
     subprocess.run(command, env=env, cwd=REPO, check=False)
-    run_dir = Path(run_config["output-dir"]) / run_config["run-name"]
-    if not (run_dir / "summary.json").exists():
-        raise RuntimeError(f"the run did not finish (no {run_dir}/summary.json); see the log")
-    return run_dir
+    return finished_run(Path(run_config["output-dir"]) / run_config["run-name"])
 
 
 def nested(flat: dict[str, Any]) -> dict[str, Any]:

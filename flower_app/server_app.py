@@ -105,6 +105,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
             "final_test_accuracy": rows[-1]["test_accuracy"],
             "final_test_loss": rows[-1]["test_loss"],
             "wall_s": round(sum(row["wall_s"] for row in rows), 3),
+            "delivered_updates": sum(row["delivered"] for row in rows),
             "sim_time_s": rows[-1]["sim_time_s"],
             "bandwidth": bandwidth,
         }

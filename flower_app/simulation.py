@@ -10,6 +10,7 @@ through their factories.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -77,9 +78,19 @@ def run_experiment(
         num_supernodes=num_supernodes,
         backend_config={"client_resources": {"num_cpus": client_cpus, "num_gpus": gpus}},
     )
-    run_dir = Path(flat["output-dir"]) / flat["run-name"]
-    if not (run_dir / "summary.json").exists():
-        raise RuntimeError(f"the run did not finish; see the log above and {run_dir}")
+    return finished_run(Path(flat["output-dir"]) / flat["run-name"])
+
+
+def finished_run(run_dir: Path) -> Path:
+    """`run_dir` when it holds a run that finished and trained; else a RuntimeError saying why."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the run did not finish (no {summary_path}); see the log above")
+    if json.loads(summary_path.read_text())["delivered_updates"] == 0:
+        raise RuntimeError(
+            f"no round delivered an update: the model never trained; the statuses in "
+            f"{run_dir / 'bandwidth.csv'} say why"
+        )
     return run_dir
 
 

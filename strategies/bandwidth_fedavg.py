@@ -12,6 +12,7 @@ out are logged `dropped` and left out.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -48,8 +49,8 @@ ACCEPTED = ("delivered", "partial")  # statuses whose update is aggregated
 def examples_problem(metrics: MetricRecord) -> str:
     """What is wrong with a reply's example count ("" when it is a positive number)."""
     examples = metrics.get(keys.NUM_EXAMPLES)
-    if not isinstance(examples, int | float) or examples <= 0:
-        return f"{keys.NUM_EXAMPLES}={examples!r} is not a positive count"
+    if not isinstance(examples, int | float) or not math.isfinite(examples) or examples <= 0:
+        return f"{keys.NUM_EXAMPLES}={examples!r} is not a finite positive count"
     return ""
 
 

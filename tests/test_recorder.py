@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from flower_app.recorder import BANDWIDTH_COLUMNS, ROUND_COLUMNS, Recorder
+from flower_app.simulation import finished_run
 
 
 def message_row(server_round: int) -> dict:
@@ -67,3 +68,25 @@ def test_unknown_column_is_an_error(tmp_path):
     recorder = Recorder(tmp_path / "run")
     with pytest.raises(ValueError):
         recorder.log_message(message_row(1) | {"bytes": 3})
+
+
+def test_summary_is_strict_json_with_null_for_nan_and_inf(tmp_path):
+    recorder = Recorder(tmp_path / "run")
+    recorder.finish({"final_test_loss": float("nan"), "bandwidth": {"x": [float("inf"), 1.5]}})
+    text = (tmp_path / "run" / "summary.json").read_text()
+    assert json.loads(text, parse_constant=pytest.fail) == {
+        "final_test_loss": None,
+        "bandwidth": {"x": [None, 1.5]},
+    }
+
+
+@pytest.mark.parametrize(("delivered", "error"), [(3, None), (0, "no round delivered an update")])
+def test_a_finished_run_must_have_trained(tmp_path, delivered, error):
+    (tmp_path / "summary.json").write_text(json.dumps({"delivered_updates": delivered}))
+    if error is None:
+        assert finished_run(tmp_path) == tmp_path
+    else:
+        with pytest.raises(RuntimeError, match=error):
+            finished_run(tmp_path)
+    with pytest.raises(RuntimeError, match="the run did not finish"):
+        finished_run(tmp_path / "missing")

@@ -137,6 +137,20 @@ def test_failed_and_garbage_replies_are_logged_and_left_out(flat_config, tmp_pat
     np.testing.assert_array_equal(arrays["w"].numpy(), np.ones((2, 3), np.float32))
 
 
+@pytest.mark.parametrize("examples", [float("nan"), float("inf"), 0, -3])
+def test_an_example_count_that_is_no_finite_positive_count_is_rejected(
+    flat_config, tmp_path, examples
+):
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path, **{"fraction-train": 0.25})
+    (message,) = strategy.configure_train(1, model(), ConfigRecord(), grid)
+    reply = train_reply(message, 1.0)
+    reply.content[keys.METRICS][keys.NUM_EXAMPLES] = examples
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    assert arrays is None  # nothing usable: the global model is kept
+    up = [r for r in read_rows(recorder) if r["phase"] == "train" and r["direction"] == "up"]
+    assert [r["status"] for r in up] == ["rejected"]
+
+
 def test_a_message_down_shares_the_fate_of_its_exchange(flat_config, tmp_path):
     # Prepare: 4 clients; 0 delivers, 1 raises, 2 sends NaN, 3 never answers
     strategy, grid, recorder = make_strategy(flat_config, tmp_path, **{"fraction-train": 1.0})
