@@ -47,6 +47,8 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
         config, partition_id, num_partitions = setup(context)
         server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
         model, data = received_model_and_data(msg, config, partition_id, num_partitions)
+        if len(data) == 0:  # the server logs this reason beside the `failed` row
+            raise ValueError(f"partition {partition_id} holds no sample: nothing to train")
         loss = local_train(model, data, config, server_round, partition_id)
         metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data)})
         content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.METRICS: metrics})

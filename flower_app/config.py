@@ -401,6 +401,19 @@ def selected_count(num_clients: int, fraction: float) -> int:
     return int(num_clients * fraction)
 
 
+def check_selection(config: ExperimentConfig, clients: int) -> None:
+    """Each round must select at least one client for training (and evaluation, if on)."""
+    for key, fraction in (
+        ("fraction-train", config.fraction_train),
+        ("fraction-evaluate", config.fraction_evaluate),
+    ):
+        if fraction > 0 and selected_count(clients, fraction) < 1:
+            raise ConfigError(
+                f"{key}={fraction} selects no client out of {clients}; "
+                f"allowed: {key} >= 1/{clients}"
+            )
+
+
 class _Getter:
     """Typed, range-checked reads from a flat config with user-facing errors."""
 

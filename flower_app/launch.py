@@ -28,8 +28,8 @@ from typing import Any
 import psutil
 import tomli_w
 
-from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
-from flower_app.data import load_dataset
+from flower_app.config import PYPROJECT, ConfigError, resolve
+from flower_app.preflight import preflight
 from flower_app.processes import (
     LOOPBACK,
     ProcessStartError,
@@ -43,7 +43,6 @@ from flower_app.processes import (
     wait_until_healthy,
 )
 from flower_app.simulation import finished_run, parse_run_config, run_command
-from strategies.network import check_network
 
 REPO = PYPROJECT.parent
 FLWR_ROOT = REPO / ".flwr"  # every launch's Flower home lies below
@@ -59,16 +58,9 @@ def new_home(kind: str) -> Path:
 
 
 def validated_run_config(overrides: dict[str, Any], num_supernodes: int) -> dict[str, Any]:
-    """Validate on the server's side and fix the run folder: the overrides `flwr run` gets."""
-    if num_supernodes < 1:
-        raise ConfigError(f"num-supernodes={num_supernodes} is out of range; allowed: >= 1")
-    config = parse(resolve(overrides))
-    load_dataset(config.dataset, config.data_dir, config.seed)  # fails fast when missing
-    check_network(config.net, config.seed, num_supernodes)
-    return overrides | {
-        "output-dir": str(Path(config.output_dir).resolve()),
-        "run-name": default_run_name(config),
-    }
+    """Check everything before anything starts; the overrides `flwr run` gets, run folder fixed."""
+    _, run_dir = preflight(resolve(overrides), num_supernodes)
+    return overrides | {"output-dir": str(run_dir.parent), "run-name": run_dir.name}
 
 
 def start_superlink(

@@ -10,13 +10,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from flower_app.config import (
-    ConfigError,
-    ExperimentConfig,
-    default_run_name,
-    parse,
-    selected_count,
-)
+from flower_app.config import ConfigError, check_selection, default_run_name, parse
 from flower_app.data import DatasetMissingError
 from flower_app.models import build_model
 from flower_app.plots import write_run_plots
@@ -59,7 +53,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     model.to(device)  # for the central evaluation
     strategy = PRESETS[config.strategy](config, recorder)
     clients = strategy.discover_partitions(grid)
-    _check_selection(config, clients)
+    check_selection(config, clients)  # a deployment may have other nodes than expected
     log(
         INFO,
         "run folder: %s (%d clients, model %s: %.2f MB float32)",
@@ -121,18 +115,6 @@ def human_bytes(count: float) -> str:
         if count >= size:
             return f"{count / size:.2f} {unit}"
     return f"{count:.0f} B"
-
-
-def _check_selection(config: ExperimentConfig, clients: int) -> None:
-    for key, fraction in (
-        ("fraction-train", config.fraction_train),
-        ("fraction-evaluate", config.fraction_evaluate),
-    ):
-        if fraction > 0 and selected_count(clients, fraction) < 1:
-            raise ConfigError(
-                f"{key}={fraction} selects no client out of {clients}; "
-                f"allowed: {key} >= 1/{clients}"
-            )
 
 
 def _log_formula(b: dict[str, Any]) -> None:

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from flower_app.config import PYPROJECT, ConfigError, default_run_name, parse, resolve
+from flower_app.config import PYPROJECT, ConfigError, resolve
 from flower_app.data import DatasetMissingError
-from flower_app.task import compute_device, test_data
-from strategies.network import check_network
+from flower_app.preflight import preflight
+from flower_app.task import compute_device
 
 REPO = PYPROJECT.parent
 DEFAULT_GPU_FRACTION = 0.2
@@ -56,14 +56,9 @@ def run_experiment(
         For a bad value, before any simulation starts.
     """
     flat = resolve(overrides)
-    config = parse(flat)
-    if num_supernodes < 1:
-        raise ConfigError(f"num-supernodes={num_supernodes} is out of range; allowed: >= 1")
-    test_data(config.dataset, config.data_dir, config.seed)  # a missing dataset fails here
+    config, run_dir = preflight(flat, num_supernodes)
     gpus = _gpu_fraction(client_gpus, compute_device(config.device))
-    check_network(config.net, config.seed, num_supernodes)
-    flat["run-name"] = default_run_name(config)
-    flat["output-dir"] = str(Path(config.output_dir).resolve())
+    flat["run-name"], flat["output-dir"] = run_dir.name, str(run_dir.parent)
 
     os.environ.setdefault("RAY_TMPDIR", str(REPO / ".ray"))
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -78,7 +73,7 @@ def run_experiment(
         num_supernodes=num_supernodes,
         backend_config={"client_resources": {"num_cpus": client_cpus, "num_gpus": gpus}},
     )
-    return finished_run(Path(flat["output-dir"]) / flat["run-name"])
+    return finished_run(run_dir)
 
 
 def finished_run(run_dir: Path) -> Path:

@@ -95,7 +95,12 @@ def test_data(dataset: str, data_dir: str, seed: int) -> Tensors:
 def minibatches(
     size: int, batch_size: int, epochs: int, steps: int, generator: torch.Generator
 ) -> Iterator[torch.Tensor]:
-    """Index batches: `epochs` shuffled passes, or exactly `steps` batches when steps > 0."""
+    """Index batches: `epochs` shuffled passes, or exactly `steps` batches when steps > 0.
+
+    No data, no batch: an empty partition yields nothing (and never spins).
+    """
+    if size == 0:
+        return
     produced, passes = 0, 0
     while (produced < steps) if steps else (passes < epochs):
         order = torch.randperm(size, generator=generator)
@@ -109,6 +114,8 @@ def minibatches(
 
 def samples_processed(size: int, batch_size: int, epochs: int, steps: int) -> int:
     """Training samples one round processes (what `minibatches` yields, counted)."""
+    if size == 0:
+        return 0
     if not steps:
         return epochs * size
     full_passes, extra_batches = divmod(steps, math.ceil(size / batch_size))

@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from flower_app.config import ConfigError, parse, pyproject_defaults, resolve
-from flower_app.server_app import _check_selection
+from flower_app.config import ConfigError, check_selection, parse, pyproject_defaults, resolve
 from flower_app.simulation import main as simulation_main
 from flower_app.simulation import parse_run_config
 
@@ -117,8 +116,8 @@ def test_float_presets_set_exponent_and_mantissa(flat_config):
 def test_more_clients_per_round_than_nodes(flat_config):
     flat_config["fraction-train"] = 0.05
     with pytest.raises(ConfigError, match="fraction-train=0.05 selects no client out of 10"):
-        _check_selection(parse(flat_config), clients=10)
-    _check_selection(parse(flat_config), clients=20)  # 20 x 0.05 = 1 client: fine
+        check_selection(parse(flat_config), clients=10)
+    check_selection(parse(flat_config), clients=20)  # 20 x 0.05 = 1 client: fine
 
 
 def test_run_config_string_parses_toml_values():

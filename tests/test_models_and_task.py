@@ -120,6 +120,12 @@ def test_samples_processed_counts_what_minibatches_yield(epochs, steps, expected
     assert samples_processed(120, 50, epochs, steps) == yielded == expected
 
 
+def test_an_empty_partition_yields_no_batch_and_never_spins():
+    generator = torch.Generator().manual_seed(0)
+    assert list(minibatches(0, 50, epochs=1, steps=5, generator=generator)) == []
+    assert samples_processed(0, 50, epochs=1, steps=5) == 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_device_falls_back_to_cpu_and_cuda_without_cuda_is_a_config_error():
     assert compute_device("auto") == torch.device("cpu")

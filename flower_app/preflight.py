@@ -1,0 +1,64 @@
+"""Everything a run needs, checked before anything starts: one line and exit 2 when wrong.
+
+The launchers (`flwr run` on an own SuperLink, `make deploy`) and the Python API call
+`preflight` before they start a SuperLink or Ray: the run-config, the data, the network
+settings, that each round selects a client, that every partition holds samples, and that the
+run folder is free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flower_app.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_selection,
+    default_run_name,
+    parse,
+)
+from flower_app.data import load_dataset
+from flower_app.task import partition_indices
+from strategies.network import check_network
+
+
+def preflight(flat: dict[str, Any], num_supernodes: int) -> tuple[ExperimentConfig, Path]:
+    """Validate a resolved flat run-config for `num_supernodes` clients; (config, run folder)."""
+    if num_supernodes < 1:
+        raise ConfigError(f"num-supernodes={num_supernodes} is out of range; allowed: >= 1")
+    config = parse(flat)
+    load_dataset(config.dataset, config.data_dir, config.seed)  # missing data fails here
+    check_selection(config, num_supernodes)
+    check_partitions(config, num_supernodes)
+    check_network(config.net, config.seed, num_supernodes)
+    run_dir = Path(config.output_dir).resolve() / default_run_name(config)
+    check_run_dir(run_dir)
+    return config, run_dir
+
+
+def check_partitions(config: ExperimentConfig, num_partitions: int) -> None:
+    """Every client's partition must hold at least one training sample."""
+    try:
+        sizes = [len(indices) for indices in partition_indices(config, num_partitions)]
+    except ValueError as error:  # more clients than samples
+        raise ConfigError(f"num-supernodes={num_partitions}: {error}; allowed: fewer") from None
+    empty = [index for index, size in enumerate(sizes) if size == 0]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        raise ConfigError(
+            f"num-supernodes={num_partitions} leaves {len(empty)} partition(s) without a sample "
+            f"({shown}) under partitioner='{config.partitioner}' on {sum(sizes)} samples; "
+            "allowed: fewer clients, or another partitioner"
+        )
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """The run folder must be new (or empty), and its parent a folder."""
+    if run_dir.parent.exists() and not run_dir.parent.is_dir():
+        raise ConfigError(f"output-dir='{run_dir.parent}' is a file; give a folder for the logs")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"run-name='{run_dir.name}': {run_dir} already holds a run; "
+            "allowed: a new run-name, or remove that folder"
+        )

@@ -1,0 +1,62 @@
+"""What is checked before anything starts: one ConfigError line, no SuperLink, no Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from flower_app.config import ConfigError
+from flower_app.launch import main as launch_main
+from flower_app.preflight import preflight
+
+
+def test_a_valid_run_gets_its_run_folder(flat_config, tmp_path):
+    config, run_dir = preflight(flat_config, num_supernodes=10)
+    assert run_dir == tmp_path / "outputs" / "test-run"
+    assert config.model == "logistic"
+
+
+def test_a_fraction_that_selects_no_client(flat_config):
+    flat_config["fraction-train"] = 0.05
+    with pytest.raises(ConfigError, match=r"fraction-train=0.05 selects no client out of 10"):
+        preflight(flat_config, num_supernodes=10)
+
+
+def test_more_clients_than_samples(flat_config):
+    # the synthetic dataset has 2,000 training samples
+    with pytest.raises(ConfigError, match="cannot split 2000 samples among 2001 clients"):
+        preflight(flat_config | {"partitioner": "iid"}, num_supernodes=2001)
+
+
+def test_partitions_that_would_be_empty(flat_config):
+    # Dirichlet(0.5) over 2,000 samples and 2,000 clients leaves 705 partitions empty
+    with pytest.raises(ConfigError, match=r"leaves 705 partition\(s\) without a sample"):
+        preflight(flat_config | {"fraction-train": 0.5}, num_supernodes=2000)
+
+
+def test_an_output_dir_that_is_a_file(flat_config, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="is a file; give a folder"):
+        preflight(flat_config | {"output-dir": str(tmp_path / "a-file")}, num_supernodes=10)
+
+
+def test_a_run_folder_that_already_holds_a_run(flat_config, tmp_path):
+    run_dir = tmp_path / "outputs" / "test-run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="run-name='test-run': .* already holds a run"):
+        preflight(flat_config, num_supernodes=10)
+
+
+def test_the_launcher_says_it_in_one_line_with_exit_2(tmp_path, capsys):
+    code = launch_main(
+        [
+            "--num-supernodes",
+            "3",
+            "--run-config",
+            f"dataset='synthetic' model='logistic' fraction-train=0.2 output-dir='{tmp_path}'",
+        ]
+    )
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "error: fraction-train=0.2 selects no client out of 3; allowed: fraction-train >= 1/3\n"
+    )
