@@ -151,6 +151,7 @@ class ExperimentConfig:
     lr: float
     momentum: float
     seed: int
+    round_timeout_s: float
     device: str
     output_dir: str
     run_name: str
@@ -227,6 +228,7 @@ def parse(flat: dict[str, Any], *, server: bool = True) -> ExperimentConfig:
         lr=get.number("lr", low=0.0, low_open=True),
         momentum=get.number("momentum", low=0.0, high=1.0, high_open=True),
         seed=get.integer("seed", low=0),
+        round_timeout_s=get.number("round-timeout-s", low=0.0, low_open=True),
         device=get.choice("device", DEVICES),
         output_dir=get.string("output-dir"),
         run_name=get.string("run-name"),

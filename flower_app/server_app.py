@@ -90,6 +90,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
         grid=grid,
         initial_arrays=initial,
         num_rounds=config.num_server_rounds,
+        timeout=config.round_timeout_s,
         evaluate_fn=evaluate_fn,
     )
     bandwidth = strategy.bandwidth_summary(model_bytes)

@@ -32,7 +32,6 @@ from mods.qsfl_mod import decode_segment, pack_signs
 from mods.quant_mod import spec_config
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
-PHASE_TIMEOUT_S = 3600.0
 SCALAR_BITS = 64  # a MetricRecord value (float or int) travels as 8 bytes
 SELECTION_COLUMNS = (
     "round",
@@ -104,7 +103,8 @@ class QsflFedAvg(CodedFedAvg):
     ) -> Iterable[Message]:
         """Run phase 1 (train, report scalars) here; return phase 2's upload requests."""
         candidates = list(super().configure_train(server_round, arrays, config, grid))
-        replies = self._sorted(grid.send_and_receive(candidates, timeout=PHASE_TIMEOUT_S))
+        timeout = self.config.round_timeout_s
+        replies = self._sorted(grid.send_and_receive(candidates, timeout=timeout))
         received = [self._receive(reply) for reply in replies]
         network_status = self._time_round("train", replies, received)
         reports = []

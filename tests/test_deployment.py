@@ -24,6 +24,7 @@ from flower_app.config import ConfigError, parse
 from flower_app.launch import nested
 from flower_app.processes import LOOPBACK
 from flower_app.recorder import Recorder
+from flower_app.server_app import run_federation
 from mods import keys
 from strategies import BandwidthFedAvg, bandwidth_fedavg
 from strategies.discovery import DiscoveryError, missing_partitions, setup_problem
@@ -244,3 +245,33 @@ def test_byte_meter_forwards_and_counts_each_way():
             meter.close()
     # Assert: 1,011 bytes up, 2,022 down
     assert (meter.up_bytes, meter.down_bytes) == (1011, 2022)
+
+
+# ---------------------------------------------------------------- time bounds
+def test_a_round_waits_round_timeout_s_then_logs_the_silent_clients(flat_config, tmp_path):
+    # Prepare: nodes that answer the partition query, then never a train message (hung)
+    class HungGrid(FakeGrid):
+        def __init__(self) -> None:
+            super().__init__(4)
+            self.timeouts: list[float | None] = []
+
+        def send_and_receive(self, messages, timeout=None):
+            messages = list(messages)
+            if messages and messages[0].metadata.message_type == MessageType.QUERY:
+                return super().send_and_receive(messages, timeout)
+            self.timeouts.append(timeout)
+            return []
+
+    grid = HungGrid()
+    # Execute
+    run_dir = run_federation(grid, flat_config | {"round-timeout-s": 2.5})
+    # Assert: each phase waited 2.5 s (Flower asks for train and evaluate replies each round,
+    # evaluate with no message), both messages down of a round are `timeout`, the model kept
+    assert grid.timeouts == [2.5] * 4
+    train = pd.read_csv(run_dir / "bandwidth.csv").query("phase == 'train'")
+    assert train["direction"].tolist() == ["down"] * 4
+    assert set(train["status"]) == {"timeout"}
+    summary = pd.read_json(run_dir / "summary.json", typ="series")
+    assert summary["delivered_updates"] == 0
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    assert rounds["test_accuracy"].nunique() == 1  # the initial model, kept
