@@ -31,8 +31,6 @@ from flower_app.config import ConfigError
 from flower_app.launch import (
     command_line,
     flwr_run,
-    new_home,
-    remove_home,
     start_superlink,
     validated_run_config,
     write_connection,
@@ -42,8 +40,11 @@ from flower_app.processes import (
     flower_command,
     flower_env,
     free_port,
+    new_home,
     processes_under,
+    remove_home,
     start_daemon,
+    start_watchdog,
     stop_trees,
 )
 from flower_app.simulation import parse_run_config
@@ -66,6 +67,7 @@ class Deployment:
 
     def start(self) -> None:
         """Start the SuperLink, register the nodes' keys (auth), start the SuperNodes."""
+        self.started.append(start_watchdog(self.home))
         env = flower_env(self.home)
         superlink_args, node_args, connection = self._security()
         superlink, port = start_superlink(

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,30 +28,26 @@ import tomli_w
 from flower_app.config import PYPROJECT, ConfigError, resolve
 from flower_app.preflight import preflight
 from flower_app.processes import (
+    FLWR_ROOT,
     LOOPBACK,
     ProcessStartError,
     flower_command,
     flower_env,
     free_port,
+    new_home,
     processes_under,
-    ray_tmpdir,
+    remove_home,
     start_daemon,
+    start_watchdog,
     stop_trees,
+    terminate_with_parent,
     wait_until_healthy,
 )
 from flower_app.simulation import finished_run, parse_run_config, run_command
 
 REPO = PYPROJECT.parent
-FLWR_ROOT = REPO / ".flwr"  # every launch's Flower home lies below
 CONNECTION = "launch"  # the name of the connection in a launch's config.toml
 PORT_ATTEMPTS = 3
-
-
-def new_home(kind: str) -> Path:
-    """A fresh Flower home for one launch: `.flwr/<kind>-<pid>-<ns>`."""
-    home = FLWR_ROOT / f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
-    home.mkdir(parents=True)
-    return home
 
 
 def validated_run_config(overrides: dict[str, Any], num_supernodes: int) -> dict[str, Any]:
@@ -105,7 +98,7 @@ def flwr_run(home: Path, env: dict[str, str], run_config: dict[str, Any], *extra
     config_file.write_text(tomli_w.dumps(nested(run_config)))
     command = [flower_command("flwr"), "run", str(REPO), CONNECTION, "--stream"]
     command += ["--run-config", str(config_file), *extra]
-    subprocess.run(command, env=env, cwd=REPO, check=False)
+    subprocess.run(command, env=env, cwd=REPO, check=False, preexec_fn=terminate_with_parent)
     return finished_run(Path(run_config["output-dir"]) / run_config["run-name"])
 
 
@@ -135,7 +128,7 @@ def run_flwr(
         raise ConfigError(f"client-gpus={client_gpus} is out of range; allowed: [0, 1]")
     home = new_home("launch")
     env = flower_env(home)
-    started: list[psutil.Process] = []
+    started = [start_watchdog(home)]
     try:
         superlink, port = start_superlink(home, env, ["--insecure", "--simulation"])
         started.append(superlink)
@@ -150,12 +143,6 @@ def run_flwr(
         stop_trees(processes_under(home))
     remove_home(home)  # kept when the run failed: its logs are there
     return run_dir
-
-
-def remove_home(home: Path) -> None:
-    """Delete a launch's Flower home and its Ray folder."""
-    shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(ray_tmpdir(home), ignore_errors=True)
 
 
 def stop_leftovers() -> list[int]:

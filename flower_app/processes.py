@@ -8,8 +8,11 @@ simulation and its Ray workers), first with SIGTERM, then SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,8 +23,13 @@ from pathlib import Path
 import httpx
 import psutil
 
+from flower_app.config import PYPROJECT
+
+FLWR_ROOT = PYPROJECT.parent / ".flwr"  # every launch's Flower home lies below
 LOOPBACK = "127.0.0.1"
 HEALTH_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl option of <sys/prctl.h>
+WATCHED_VARIABLES = ("FLWR_HOME", "RAY_TMPDIR")  # how a launch's processes are recognised
 
 
 class ProcessStartError(RuntimeError):
@@ -33,6 +41,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
+
+
+def new_home(kind: str) -> Path:
+    """A fresh Flower home for one launch: `.flwr/<kind>-<pid>-<ns>`."""
+    home = FLWR_ROOT / f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
+    home.mkdir(parents=True)
+    return home
+
+
+def remove_home(home: Path) -> None:
+    """Delete a launch's Flower home and its Ray folder."""
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(ray_tmpdir(home), ignore_errors=True)
 
 
 def ray_tmpdir(home: Path) -> Path:
@@ -63,8 +84,14 @@ def flower_command(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def start_daemon(command: list[str], env: dict[str, str], log_path: Path) -> psutil.Process:
-    """Start `command` in a session of its own, its output appended to `log_path`."""
+def start_daemon(
+    command: list[str], env: dict[str, str], log_path: Path, die_with_parent: bool = True
+) -> psutil.Process:
+    """Start `command` in a session of its own, its output appended to `log_path`.
+
+    On Linux the daemon gets SIGTERM when the process that started it dies, even by SIGKILL
+    (unless `die_with_parent` is False), so a killed launcher leaves no SuperLink behind.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         popen = subprocess.Popen(
@@ -74,8 +101,15 @@ def start_daemon(command: list[str], env: dict[str, str], log_path: Path) -> psu
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=terminate_with_parent if die_with_parent else None,
         )
     return psutil.Process(popen.pid)
+
+
+def terminate_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent dies (prctl)."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_until_healthy(
@@ -130,3 +164,33 @@ def processes_under(home: Path) -> list[psutil.Process]:
             if in_home or environ.get("RAY_TMPDIR") == ray_dir:
                 found.append(process)
     return found
+
+
+def start_watchdog(home: Path) -> psutil.Process:
+    """A process that stops everything under `home` once this process is gone (even by SIGKILL).
+
+    What dies with the launcher through `terminate_with_parent` is its direct children; the
+    rest (the ServerApp or the simulation, Ray's workers) is found by `FLWR_HOME` and
+    `RAY_TMPDIR` and stopped by pid. Stop the watchdog itself when the launch ends normally.
+    """
+    command = [sys.executable, "-m", "flower_app.processes", str(os.getpid()), str(home)]
+    env = {key: value for key, value in os.environ.items() if key not in WATCHED_VARIABLES}
+    return start_daemon(command, env, home / "watchdog.log", die_with_parent=False)
+
+
+def watch(launcher_pid: int, home: Path, poll_s: float = 0.5) -> None:
+    """Wait until `launcher_pid` has gone, then stop every process under `home`."""
+    while _alive(launcher_pid):
+        time.sleep(poll_s)
+    stop_trees(processes_under(home))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), Path(sys.argv[2]))

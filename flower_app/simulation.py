@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from flower_app.config import PYPROJECT, ConfigError, resolve
+from flower_app.config import ConfigError, resolve
 from flower_app.data import DatasetMissingError
 from flower_app.preflight import preflight
+from flower_app.processes import new_home, ray_tmpdir, remove_home, start_watchdog, stop_trees
 from flower_app.task import compute_device
 
-REPO = PYPROJECT.parent
 DEFAULT_GPU_FRACTION = 0.2
 
 
@@ -60,19 +60,25 @@ def run_experiment(
     gpus = _gpu_fraction(client_gpus, compute_device(config.device))
     flat["run-name"], flat["output-dir"] = run_dir.name, str(run_dir.parent)
 
-    os.environ.setdefault("RAY_TMPDIR", str(REPO / ".ray"))
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
 
     from flower_app.client_app import make_client_app
     from flower_app.server_app import make_server_app
 
-    run_simulation(
-        server_app=make_server_app(flat),
-        client_app=make_client_app(flat),
-        num_supernodes=num_supernodes,
-        backend_config={"client_resources": {"num_cpus": client_cpus, "num_gpus": gpus}},
-    )
+    home = new_home("simulation")  # Ray's folder and the watchdog that ends Ray if we are killed
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ["RAY_TMPDIR"] = str(ray_tmpdir(home))
+    watchdog = start_watchdog(home)
+    try:
+        run_simulation(
+            server_app=make_server_app(flat),
+            client_app=make_client_app(flat),
+            num_supernodes=num_supernodes,
+            backend_config={"client_resources": {"num_cpus": client_cpus, "num_gpus": gpus}},
+        )
+    finally:
+        stop_trees([watchdog])
+        remove_home(home)
     return finished_run(run_dir)
 
 

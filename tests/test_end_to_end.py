@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from flower_app.launch import FLWR_ROOT
-from flower_app.processes import processes_under
+from flower_app.processes import FLWR_ROOT, processes_under
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_BYTES = 7850 * 4
@@ -176,3 +176,38 @@ def test_qsfl_uplink_is_the_scalars_of_all_candidates_and_the_segments_of_the_ch
     segments = pd.read_csv(run_dir / "segments.csv")
     assert segments.groupby("round")["senders"].sum().tolist() == [3, 3]
     assert segments.groupby("round")["senders"].max().tolist() == [1, 1]  # coverage first
+
+
+@pytest.mark.parametrize("module", ["flower_app.launch", "flower_app.simulation"])
+def test_kill_9_leaves_no_process_behind(tmp_path, module):
+    # Prepare: a long run, killed with SIGKILL once its first round is logged
+    launch = subprocess.Popen(
+        module_command(
+            module,
+            "--num-supernodes",
+            "4",
+            "--run-config",
+            f"{RUN_CONFIG.replace('num-server-rounds=2', 'num-server-rounds=500')} "
+            f"output-dir='{tmp_path}' run-name='killed'",
+        ),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rounds = tmp_path / "killed" / "rounds.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(rows_of(rounds)) < 3:  # header, rounds 0 and 1
+        time.sleep(0.5)
+    assert len(rows_of(rounds)) >= 3, "the run did not start"
+    # Execute
+    launch.kill()
+    launch.wait()
+    # Assert: within 10 s, no process of any launch of this checkout is left
+    deadline = time.monotonic() + 10
+    while leftover_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftover_processes() == []
+
+
+def rows_of(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
