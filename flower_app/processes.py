@@ -146,10 +146,10 @@ def stop_trees(processes: list[psutil.Process], grace_s: float = 5.0) -> list[in
 
 
 def processes_under(home: Path) -> list[psutil.Process]:
-    """Processes whose FLWR_HOME lies in `home` or RAY_TMPDIR is its Ray folder.
+    """Processes of the launch whose Flower home is `home` (never this process or its parents).
 
     What a killed launch left behind: Flower's daemons inherit FLWR_HOME, Ray's workers
-    RAY_TMPDIR. Never this process or its parents.
+    RAY_TMPDIR; Ray's agents clear their environment but keep their logs open in the Ray folder.
     """
     prefix, ray_dir = str(home.resolve()), str(ray_tmpdir(home))
     own = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
@@ -161,9 +161,13 @@ def processes_under(home: Path) -> list[psutil.Process]:
             environ = process.environ()
             flwr_home = environ.get("FLWR_HOME", "")
             in_home = flwr_home == prefix or flwr_home.startswith(prefix + os.sep)
-            if in_home or environ.get("RAY_TMPDIR") == ray_dir:
+            if in_home or environ.get("RAY_TMPDIR") == ray_dir or _has_open_file(process, ray_dir):
                 found.append(process)
     return found
+
+
+def _has_open_file(process: psutil.Process, folder: str) -> bool:
+    return any(file.path.startswith(folder + os.sep) for file in process.open_files())
 
 
 def start_watchdog(home: Path) -> psutil.Process:
