@@ -44,6 +44,21 @@ from strategies.selection import EVALUATE_STREAM, TRAIN_STREAM, select_partition
 QUERY_TIMEOUT_S = 600.0
 DISCOVERY_TIMEOUT_S = 120.0  # how long to wait for nodes of a deployment that join late
 ACCEPTED = ("delivered", "partial")  # statuses whose update is aggregated
+TRAIN_METRICS = (keys.TRAIN_LOSS, keys.NUM_EXAMPLES)  # what an update's MetricRecord holds
+
+
+def metrics_problem(metrics: MetricRecord) -> str:
+    """What is wrong with an update's metrics ("" when Flower's averaging may take them).
+
+    Exactly train-loss and num-examples, so that a foreign key never reaches Flower's metric
+    aggregation (which raises on replies whose keys differ), both finite numbers.
+    """
+    if set(metrics) != set(TRAIN_METRICS):
+        return f"metric keys {sorted(metrics)} are not {sorted(TRAIN_METRICS)}"
+    loss = metrics[keys.TRAIN_LOSS]
+    if not isinstance(loss, int | float) or not math.isfinite(loss):
+        return f"{keys.TRAIN_LOSS}={loss!r} is not a finite number"
+    return examples_problem(metrics)
 
 
 def examples_problem(metrics: MetricRecord) -> str:
@@ -273,9 +288,12 @@ class BandwidthFedAvg(FedAvg):
         shapes = {name: tuple(array.shape) for name, array in arrays.items()}
         if shapes != self._global_shapes:
             return "array names or shapes differ from the global model"
+        dtypes = {name: np.dtype(array.dtype) for name, array in arrays.items()}
+        if dtypes != {name: value.dtype for name, value in self._global.items()}:
+            return f"array dtypes {sorted(set(map(str, dtypes.values())))} differ from the model's"
         if not all(np.isfinite(array.numpy()).all() for array in arrays.values()):
             return "NaN or inf in the update"
-        return examples_problem(metrics)
+        return metrics_problem(metrics)
 
     # ------------------------------------------------------------------ evaluation
     def configure_evaluate(

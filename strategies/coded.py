@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from mods import keys
 from strategies.accounting import FLOAT32_BYTES
-from strategies.bandwidth_fedavg import BandwidthFedAvg, examples_problem
+from strategies.bandwidth_fedavg import BandwidthFedAvg, metrics_problem
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class CodedFedAvg(BandwidthFedAvg):
             return f"undecodable update: {error}"
         if not all(np.isfinite(t).all() for t in decoded.tensors):
             return "NaN or inf in the update"
-        problem = examples_problem(metrics)
+        problem = metrics_problem(metrics)
         if not problem:
             self._decoded[id(reply.content)] = decoded
         return problem

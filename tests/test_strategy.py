@@ -151,6 +151,26 @@ def test_an_example_count_that_is_no_finite_positive_count_is_rejected(
     assert [r["status"] for r in up] == ["rejected"]
 
 
+def test_foreign_metric_keys_other_dtypes_and_a_nan_loss_are_rejected(flat_config, tmp_path):
+    # Prepare: 4 replies; 0 is good, 1 adds a metric key (Flower's averaging would raise
+    # InconsistentMessageReplies), 2 sends float64 arrays, 3 a NaN loss
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path, **{"fraction-train": 1.0})
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    replies = [train_reply(message, 1.0) for message in messages]
+    replies[1].content[keys.METRICS]["extra"] = 1.0
+    replies[2].content[keys.ARRAYS] = ArrayRecord(
+        {"w": Array(np.ones((2, 3))), "b": Array(np.ones(3))}  # float64
+    )
+    replies[3].content[keys.METRICS][keys.TRAIN_LOSS] = float("nan")
+    # Execute
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    # Assert: the good update alone is averaged, still float32; the others are rejected
+    up = [r for r in read_rows(recorder) if r["phase"] == "train" and r["direction"] == "up"]
+    assert [r["status"] for r in up] == ["delivered", "rejected", "rejected", "rejected"]
+    assert arrays["w"].numpy().dtype == np.float32
+    assert dict(metrics) == {keys.TRAIN_LOSS: 0.5}
+
+
 def test_a_message_down_shares_the_fate_of_its_exchange(flat_config, tmp_path):
     # Prepare: 4 clients; 0 delivers, 1 raises, 2 sends NaN, 3 never answers
     strategy, grid, recorder = make_strategy(flat_config, tmp_path, **{"fraction-train": 1.0})
