@@ -25,8 +25,16 @@ NUM_CLASSES = 10
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2000, 500
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetError(Exception):
+    """A dataset that cannot be used; the message (one line) says which file and why."""
+
+
+class DatasetMissingError(DatasetError, FileNotFoundError):
     """The dataset files are not where the config says; the message says how to get them."""
+
+
+class DatasetCorruptError(DatasetError, ValueError):
+    """A dataset file that is truncated, not gzip, not IDX, or inconsistent with the others."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +50,21 @@ class Dataset:
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally gzipped) into a numpy array of its stated shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        raw = file.read()
+    try:
+        with opener(path, "rb") as file:
+            raw = file.read()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise DatasetCorruptError(f"{path} cannot be read: {error}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+        raise DatasetCorruptError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
     header_end = 4 + 4 * ndim
+    if len(raw) < header_end:
+        raise DatasetCorruptError(f"{path} ends inside its IDX header")
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header_end], dtype=">u4"))
     data = np.frombuffer(raw, dtype=IDX_DTYPES[raw[2]], offset=header_end)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {data.size} values, its header says {shape}")
+        raise DatasetCorruptError(f"{path} holds {data.size} values, its header says {shape}")
     return data.reshape(shape).copy()  # frombuffer is read-only; torch needs writable
 
 
@@ -110,12 +123,12 @@ def _check_shapes(dataset: Dataset, name: str) -> None:
         (dataset.test_images, dataset.test_labels),
     ):
         if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
-            raise ValueError(
+            raise DatasetCorruptError(
                 f"dataset '{name}': expected (n, 28, 28) images with n labels, "
                 f"got {images.shape} and {labels.shape}"
             )
-        if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-            raise ValueError(f"dataset '{name}': labels outside 0..{NUM_CLASSES - 1}")
+        if len(labels) == 0 or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+            raise DatasetCorruptError(f"dataset '{name}': labels outside 0..{NUM_CLASSES - 1}")
 
 
 def synthetic_dataset(seed: int) -> Dataset:

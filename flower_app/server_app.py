@@ -11,7 +11,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from flower_app.config import ConfigError, check_selection, default_run_name, parse
-from flower_app.data import DatasetMissingError
+from flower_app.data import DatasetError
 from flower_app.models import build_model
 from flower_app.plots import write_run_plots
 from flower_app.recorder import Recorder
@@ -31,7 +31,7 @@ def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         try:
             run_federation(grid, run_config or dict(context.run_config))
-        except (ConfigError, DatasetMissingError, DiscoveryError) as error:
+        except (ConfigError, DatasetError, DiscoveryError) as error:
             log(ERROR, "%s", error)
             raise SystemExit(2) from None
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from flower_app.config import ConfigError, resolve
-from flower_app.data import DatasetMissingError
+from flower_app.data import DatasetError
 from flower_app.preflight import preflight
 from flower_app.processes import new_home, ray_tmpdir, remove_home, start_watchdog, stop_trees
 from flower_app.task import compute_device
@@ -121,7 +121,7 @@ def run_command(action: Callable[[], Path]) -> int:
     """Run `action` for a command line: a config or data error is one line and exit code 2."""
     try:
         run_dir = action()
-    except (ConfigError, DatasetMissingError) as error:
+    except (ConfigError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:

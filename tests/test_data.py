@@ -10,11 +10,13 @@ import pytest
 
 from flower_app.data import (
     FASHION_MNIST_DIR,
+    DatasetCorruptError,
     DatasetMissingError,
     load_dataset,
     read_idx,
     synthetic_dataset,
 )
+from flower_app.launch import main as launch_main
 from flower_app.text import text_dataset
 
 
@@ -44,6 +46,41 @@ def test_read_idx_rejects_bad_magic_and_truncated(tmp_path):
     (tmp_path / "short").write_bytes(_idx_bytes(np.zeros(5, np.uint8))[:-1])
     with pytest.raises(ValueError, match="header says"):
         read_idx(tmp_path / "short")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty", b"", "bad magic number"),
+        ("header-only.gz", gzip.compress(b"\x00\x00\x08\x03\x00"), "ends inside its IDX header"),
+        ("truncated.gz", gzip.compress(_idx_bytes(np.zeros(50, np.uint8)))[:-12], "cannot be read"),
+        ("not-gzip.gz", _idx_bytes(np.zeros(5, np.uint8)), "cannot be read"),
+    ],
+)
+def test_a_corrupt_idx_file_is_one_dataset_error(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DatasetCorruptError, match=message) as error:
+        read_idx(tmp_path / name)
+    assert str(tmp_path / name) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_inconsistent_idx_files_stop_the_launcher_with_exit_2(tmp_path, capsys):
+    # Prepare: 3 training images but 2 labels
+    for stem, array in (
+        ("train-images-idx3-ubyte", np.zeros((3, 28, 28))),
+        ("train-labels-idx1-ubyte", np.zeros(2)),
+        ("t10k-images-idx3-ubyte", np.zeros((2, 28, 28))),
+        ("t10k-labels-idx1-ubyte", np.zeros(2)),
+    ):
+        (tmp_path / stem).write_bytes(_idx_bytes(array))
+    # Execute
+    code = launch_main(["--num-supernodes", "1", "--run-config", f"data-dir='{tmp_path}'"])
+    # Assert
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "error: dataset 'fashion-mnist': expected (n, 28, 28) images with n labels, "
+        "got (3, 28, 28) and (2,)\n"
+    )
 
 
 def test_fashion_mnist_shapes_and_label_counts():
