@@ -29,6 +29,7 @@ from flower_app.byte_meter import ByteMeter
 from flower_app.certificates import write_node_key, write_tls_files
 from flower_app.config import ConfigError
 from flower_app.launch import (
+    CONNECTION,
     command_line,
     flwr_run,
     start_superlink,
@@ -131,7 +132,7 @@ class Deployment:
         self.started.append(start_daemon(command, env, node_home / "supernode.log"))
 
     def _register(self, public_key: Path) -> None:
-        command = [flower_command("flwr"), "supernode", "register", str(public_key), "launch"]
+        command = [flower_command("flwr"), "supernode", "register", str(public_key), CONNECTION]
         subprocess.run(
             command, env=flower_env(self.home), check=True, capture_output=True, timeout=60
         )
