@@ -3,7 +3,8 @@
 `make deploy` puts one between each SuperNode and the SuperLink: what it counts is what that
 node's traffic costs at the transport level (HTTP requests and responses with their headers,
 TLS records when TLS is on; TCP and IP headers excluded), over the whole run: registration,
-the app bundle, polls, heartbeats and messages.
+the app bundle, polls, heartbeats and messages. Without TLS it also splits the traffic into its
+HTTP exchanges (`exchanges`: path, bytes each way), so that every request is accounted for.
 """
 
 from __future__ import annotations
@@ -11,23 +12,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import deque
+from dataclasses import dataclass
 
+from flower_app.http_frames import HttpFrame, HttpFrames
 from flower_app.processes import LOOPBACK
 
 CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One HTTP request and its response, as counted on the socket."""
+
+    path: str
+    up_bytes: int  # the request: start line, headers, body
+    down_bytes: int  # the response: status line, headers, body
+    up_body_bytes: int
+    down_body_bytes: int
+
+
+EXCHANGE_COLUMNS = tuple(Exchange.__dataclass_fields__)
 
 
 class ByteMeter:
     """Forward 127.0.0.1:`port` to 127.0.0.1:`target_port`, counting bytes up and down.
 
     `up_bytes` counts what the connecting side (a SuperNode) sent, `down_bytes` what it
-    received. Runs its own event loop in a daemon thread; `close()` stops it.
+    received; with `parse_http` (plain HTTP/1.1 only, not TLS) each completed request and
+    response pair is appended to `exchanges`. Runs its own event loop in a daemon thread;
+    `close()` stops it.
     """
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, parse_http: bool = False) -> None:
         self.target_port = target_port
+        self.parse_http = parse_http
         self.up_bytes = 0
         self.down_bytes = 0
+        self.exchanges: list[Exchange] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -56,15 +78,37 @@ class ByteMeter:
         except OSError:
             client_out.close()
             return
+        requests: deque[HttpFrame] = deque()  # sent, awaiting their response (in order)
         await asyncio.gather(
-            self._pump(client_in, server_out, "up_bytes"),
-            self._pump(server_in, client_out, "down_bytes"),
+            self._pump(client_in, server_out, "up_bytes", requests.extend),
+            self._pump(server_in, client_out, "down_bytes", self._pair(requests)),
         )
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, counter: str):
+    def _pair(self, requests: deque[HttpFrame]):
+        """A callback matching each completed response with the oldest open request."""
+
+        def pair(responses: list[HttpFrame]) -> None:
+            for response in responses:
+                request = requests.popleft() if requests else HttpFrame("", 0, 0)
+                self.exchanges.append(
+                    Exchange(
+                        request.path,
+                        request.wire_bytes,
+                        response.wire_bytes,
+                        request.body_bytes,
+                        response.body_bytes,
+                    )
+                )
+
+        return pair
+
+    async def _pump(self, source, sink: asyncio.StreamWriter, counter: str, on_frames) -> None:
+        frames = HttpFrames() if self.parse_http else None
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await source.read(CHUNK):
                 setattr(self, counter, getattr(self, counter) + len(data))
+                if frames is not None:
+                    on_frames(frames.feed(data))
                 sink.write(data)
                 await sink.drain()
         sink.close()

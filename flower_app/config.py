@@ -123,6 +123,7 @@ class NetConfig:
     trace_file: str
     seconds_per_sample: float
     compute_sigma: float
+    rtt_ms: float
 
     @property
     def simulated(self) -> bool:
@@ -369,6 +370,7 @@ def _net_config(get: _Getter) -> NetConfig:
         trace_file=get.string("net.trace-file"),
         seconds_per_sample=get.number("net.seconds-per-sample", low=0.0),
         compute_sigma=get.number("net.compute-sigma", low=0.0),
+        rtt_ms=get.number("net.rtt-ms", low=0.0),
     )
     for low, high in (
         ("min-bps", "max-bps"),

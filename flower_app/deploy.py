@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import psutil
 
-from flower_app.byte_meter import ByteMeter
+from flower_app.byte_meter import EXCHANGE_COLUMNS, ByteMeter
 from flower_app.certificates import write_node_key, write_tls_files
 from flower_app.config import ConfigError
 from flower_app.launch import (
@@ -49,6 +49,9 @@ from flower_app.processes import (
     stop_trees,
 )
 from flower_app.simulation import parse_run_config
+
+
+TRANSPORT_COLUMNS = ["partition_id", "request", "requests", "up_bytes", "down_bytes"]
 
 
 @dataclass
@@ -88,14 +91,32 @@ class Deployment:
         return stopped + stop_trees(processes_under(self.home))
 
     def transport_bytes(self) -> pd.DataFrame:
-        """Per SuperNode (partition id), the TCP payload bytes it sent and received so far."""
-        return pd.DataFrame(
-            {
-                "partition_id": range(len(self.meters)),
-                "up_bytes": [meter.up_bytes for meter in self.meters],
-                "down_bytes": [meter.down_bytes for meter in self.meters],
+        """Per SuperNode (partition id) and request path, the TCP payload bytes each way.
+
+        Without TLS each HTTP exchange is put under the last part of its path (`pull-object`,
+        `send-node-heartbeat`, ...; a `pull-messages` that found nothing is a `poll`); bytes of
+        no complete exchange are `unparsed`, and with TLS everything is `tls`.
+        """
+        rows = []
+        for partition_id, meter in enumerate(self.meters):
+            exchanges = pd.DataFrame(meter.exchanges, columns=list(EXCHANGE_COLUMNS))
+            exchanges["request"] = exchanges["path"].str.rsplit("/", n=1).str[-1]
+            empty = (exchanges["request"] == "pull-messages") & (exchanges["down_body_bytes"] == 0)
+            exchanges.loc[empty, "request"] = "poll"  # a pull that found no message
+            per_request = exchanges.groupby("request", sort=True).agg(
+                requests=("path", "size"), up_bytes=("up_bytes", "sum"),
+                down_bytes=("down_bytes", "sum"),
+            )
+            rest = {
+                "up_bytes": meter.up_bytes - int(per_request["up_bytes"].sum()),
+                "down_bytes": meter.down_bytes - int(per_request["down_bytes"].sum()),
             }
-        )
+            for request, row in per_request.iterrows():
+                rows.append({"partition_id": partition_id, "request": request, **row})
+            if rest["up_bytes"] or rest["down_bytes"]:
+                leftover = "unparsed" if meter.parse_http else "tls"
+                rows.append({"partition_id": partition_id, "request": leftover, "requests": 0, **rest})
+        return pd.DataFrame(rows, columns=TRANSPORT_COLUMNS)
 
     def _security(self) -> tuple[list[str], list[str], dict[str, Any]]:
         """SuperLink arguments, SuperNode arguments and the `flwr` connection (no address)."""
@@ -117,7 +138,7 @@ class Deployment:
             self._register(public)
             args = [*args, "--auth-supernode-private-key", str(private)]
         node_config = f"partition-id={partition_id} num-partitions={self.num_supernodes}"
-        meter = ByteMeter(superlink_port)
+        meter = ByteMeter(superlink_port, parse_http=not self.tls)
         self.meters.append(meter)
         command = [
             flower_command("flower-supernode"),

@@ -30,8 +30,8 @@ def plot_accuracy_vs_bytes(run_dir: Path) -> Path:
     rounds = pd.read_csv(run_dir / "rounds.csv")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for axis, column, label in (
-        (axes[0], "cum_up_bytes", "cumulative uplink (MB)"),
-        (axes[1], "cum_bytes", "cumulative uplink + downlink (MB)"),
+        (axes[0], "cum_up_transport_bytes", "cumulative uplink (MB, transport)"),
+        (axes[1], "cum_transport_bytes", "cumulative uplink + downlink (MB, transport)"),
     ):
         axis.plot(rounds[column] / MB, rounds["test_accuracy"], marker="o", markersize=3)
         axis.set_xlabel(label)
@@ -47,10 +47,10 @@ def plot_bytes_per_round(run_dir: Path) -> Path:
     rounds = rounds[rounds["round"] > 0]
     figure, axis = plt.subplots(figsize=(8, 4.5))
     width = 0.4
-    axis.bar(rounds["round"] - width / 2, rounds["up_bytes"] / MB, width, label="uplink")
-    axis.bar(rounds["round"] + width / 2, rounds["down_bytes"] / MB, width, label="downlink")
+    axis.bar(rounds["round"] - width / 2, rounds["up_transport_bytes"] / MB, width, label="uplink")
+    axis.bar(rounds["round"] + width / 2, rounds["down_transport_bytes"] / MB, width, label="downlink")
     axis.set_xlabel("round")
-    axis.set_ylabel("bytes per round (MB)")
+    axis.set_ylabel("bytes per round (MB, transport)")
     axis.set_title(f"Bytes per round: {run_dir.name}")
     axis.legend()
     axis.grid(alpha=0.3, axis="y")
@@ -101,8 +101,8 @@ def plot_comparison(folder: Path, run_dirs: dict[str, list[Path]]) -> list[Path]
     palette = plt.get_cmap("tab10" if len(means) <= 10 else "tab20")
     color = {name: palette(index % palette.N) for index, name in enumerate(means)}
     questions = [
-        ("cum_up_bytes", "cumulative uplink (MB, log scale)", "accuracy_vs_uplink.png"),
-        ("cum_bytes", "cumulative uplink + downlink (MB, log scale)", "accuracy_vs_total.png"),
+        ("cum_up_transport_bytes", "cumulative uplink (MB transport, log scale)", "accuracy_vs_uplink.png"),
+        ("cum_transport_bytes", "cumulative uplink + downlink (MB transport, log scale)", "accuracy_vs_total.png"),
     ]
     if any(rounds["sim_time_s"].notna().any() for rounds in means.values()):
         questions.append(("sim_time_s", "simulated time (s)", "accuracy_vs_sim_time.png"))
@@ -124,8 +124,8 @@ def plot_comparison(folder: Path, run_dirs: dict[str, list[Path]]) -> list[Path]
         paths.append(_save(figure, folder / filename))
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for axis, column, label in (
-        (axes[0], "up_bytes", "uplink"),
-        (axes[1], "down_bytes", "downlink"),
+        (axes[0], "up_transport_bytes", "uplink"),
+        (axes[1], "down_transport_bytes", "downlink"),
     ):
         for name, rounds in means.items():
             trained = rounds[rounds["round"] > 0]

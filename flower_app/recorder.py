@@ -14,29 +14,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-BANDWIDTH_COLUMNS = (
-    "round",
-    "partition_id",
-    "phase",
-    "direction",
-    "codec",
-    "payload_bits",
-    "wire_bytes",
-    "client_bytes",
-    "dense_bytes",
-    "status",
-    "sim_start_s",
-    "sim_end_s",
-)
+from ledger.book import BANDWIDTH_COLUMNS
+
 ROUND_COLUMNS = (
     "round",
     "selected",
     "delivered",
-    "up_bytes",
-    "down_bytes",
-    "cum_up_bytes",
-    "cum_down_bytes",
-    "cum_bytes",
+    "up_transport_bytes",
+    "down_transport_bytes",
+    "cum_up_transport_bytes",
+    "cum_down_transport_bytes",
+    "cum_transport_bytes",
+    "up_content_bytes",
+    "down_content_bytes",
+    "cum_content_bytes",
     "train_loss",
     "test_loss",
     "test_accuracy",
@@ -44,9 +35,6 @@ ROUND_COLUMNS = (
     "wall_s",
 )
 RATE_COLUMNS = ("partition_id", "direction", "start_s", "end_s", "rate_bps")
-# phases of bandwidth.csv that train: QSFL's clients report scalars in "train" and send their
-# segment in "upload"; evaluation and the partition-id query are outside the bandwidth formula
-TRAIN_PHASES = ("train", "upload")
 
 
 class _CsvLog:

@@ -1,5 +1,7 @@
 """Read one run folder with pandas: print its summary and write its plots.
 
+Byte figures are transport-level bytes sent unless their key names another level.
+
 python -m flower_app.report outputs/<run-name> [--target-accuracy 0.8]
 """
 
@@ -13,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from flower_app.plots import write_run_plots
-from flower_app.recorder import TRAIN_PHASES
+from ledger.book import LEVELS, TRAIN_PHASES
 
 RUN_FILES = ("rounds.csv", "bandwidth.csv")
 
@@ -33,8 +35,9 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def summarize(run_dir: Path, target_accuracy: float | None = None) -> dict[str, Any]:
     """Accuracy, bytes and simulated time of one run; what it took to reach the target.
 
-    `uplink_compression` is the float32 size of the updates the clients sent over the bytes
-    their messages carried (1.0 for dense FedAvg up to Flower's framing).
+    Bytes are sent bytes at the transport level unless the key names another level.
+    `uplink_compression_<level>` is the float32 size of the updates the clients sent over what
+    their messages cost at that level (payload: the codec's bits; transport: Flower's HTTP).
     """
     rounds, messages = read_run(Path(run_dir))
     last = rounds.iloc[-1]
@@ -48,24 +51,29 @@ def summarize(run_dir: Path, target_accuracy: float | None = None) -> dict[str, 
         "rounds": int(last["round"]),
         "final_accuracy": float(last["test_accuracy"]),
         "best_accuracy": float(rounds["test_accuracy"].max()),
-        "up_bytes": int(last["cum_up_bytes"]),
-        "down_bytes": int(last["cum_down_bytes"]),
-        "total_bytes": int(last["cum_bytes"]),
-        "uplink_compression": float(
-            sent_updates["dense_bytes"].sum() / sent_updates["wire_bytes"].sum()
-        )
-        if len(sent_updates)
-        else float("nan"),
-        "sim_time_s": None if pd.isna(last["sim_time_s"]) else float(last["sim_time_s"]),
-        "updates_by_status": sent_updates["status"].value_counts().sort_index().to_dict(),
+        "up_bytes": int(last["cum_up_transport_bytes"]),
+        "down_bytes": int(last["cum_down_transport_bytes"]),
+        "total_bytes": int(last["cum_transport_bytes"]),
+        "total_content_bytes": int(last["cum_content_bytes"]),
     }
+    dense = sent_updates["dense_bytes"].sum()
+    sizes = {"payload": sent_updates["payload_bits"].sum() / 8}
+    sizes |= {level: sent_updates[f"{level}_bytes"].sum() for level in LEVELS[1:]}
+    for level, size in sizes.items():
+        summary[f"uplink_compression_{level}"] = float(dense / size) if size else float("nan")
+    summary["sim_time_s"] = None if pd.isna(last["sim_time_s"]) else float(last["sim_time_s"])
+    summary["updates_by_status"] = sent_updates["status"].value_counts().sort_index().to_dict()
     if target_accuracy is not None:
         reached = rounds[rounds["test_accuracy"] >= target_accuracy]
         first = reached.iloc[0] if len(reached) else None
         summary["target_accuracy"] = target_accuracy
         summary["to_target_round"] = None if first is None else int(first["round"])
-        summary["to_target_up_bytes"] = None if first is None else int(first["cum_up_bytes"])
-        summary["to_target_total_bytes"] = None if first is None else int(first["cum_bytes"])
+        summary["to_target_up_bytes"] = (
+            None if first is None else int(first["cum_up_transport_bytes"])
+        )
+        summary["to_target_total_bytes"] = (
+            None if first is None else int(first["cum_transport_bytes"])
+        )
         summary["to_target_sim_time_s"] = (
             None if first is None or pd.isna(first["sim_time_s"]) else float(first["sim_time_s"])
         )

@@ -73,14 +73,14 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
         simulated = "" if row["sim_time_s"] == "" else f" | simulated {row['sim_time_s']:.1f} s"
         log(
             INFO,
-            "[round %d/%d] test acc %.4f loss %.4f | up %s down %s | cum %s | %.1f s%s",
+            "[round %d/%d] test acc %.4f loss %.4f | transport up %s down %s | cum %s | %.1f s%s",
             server_round,
             config.num_server_rounds,
             accuracy,
             loss,
-            human_bytes(row["up_bytes"]),
-            human_bytes(row["down_bytes"]),
-            human_bytes(row["cum_bytes"]),
+            human_bytes(row["up_transport_bytes"]),
+            human_bytes(row["down_transport_bytes"]),
+            human_bytes(row["cum_transport_bytes"]),
             row["wall_s"],
             simulated,
         )
@@ -119,35 +119,40 @@ def human_bytes(count: float) -> str:
 
 
 def _log_formula(b: dict[str, Any]) -> None:
+    sent = b["bytes"]
     log(
         INFO,
-        "bandwidth: measured train-phase total %d B (%.2f MB: down %.2f, up %.2f)",
-        b["measured_train_bytes"],
-        b["measured_train_bytes"] / MB,
-        b["measured_train_down_bytes"] / MB,
-        b["measured_train_up_bytes"] / MB,
+        "bandwidth sent (down + up): payload %s, content %s, message %s, transport %s",
+        *(
+            human_bytes(sent["down"][level]["sent"] + sent["up"][level]["sent"])
+            for level in ("payload", "content", "message", "transport")
+        ),
     )
     log(
         INFO,
         "bandwidth: formula (model down + update up) x clients x fraction x rounds = "
-        "(%d + %d) x %d x %g x %d = %d B",
+        "(%d + %d) x %d x %g x %d = %d B; the train phase used %d B of payload (%+d B: 0 for "
+        "dense FedAvg when every client delivers; negative: compression, failed or dropped "
+        "clients, rounding of clients x fraction)",
         b["model_bytes"],
         b["model_bytes"],
         b["clients"],
         b["fraction_train"],
         b["rounds"],
         b["formula_bytes"],
+        b["train_payload_bytes"],
+        b["payload_minus_formula_bytes"],
     )
     log(
         INFO,
-        "bandwidth: difference %+d B = Flower framing %d B over %d messages (.npy "
-        "headers, keys, config/metric records) + payload minus formula %+d B (0 for dense "
-        "FedAvg when every client delivers; negative: compression, failed or dropped clients, "
-        "rounding of clients x fraction)",
-        b["measured_train_bytes"] - b["formula_bytes"],
-        b["framing_bytes"],
+        "bandwidth: over %d train messages Flower adds %d B of content framing (.npy headers, "
+        "keys, config/metric records), %d B at the message level (its object tree) and %d B "
+        "on its transport (HTTP requests: %s in all)",
         b["train_messages"],
-        b["payload_minus_formula_bytes"],
+        b["content_framing_bytes"],
+        b["message_framing_bytes"],
+        b["transport_framing_bytes"],
+        human_bytes(b["train_transport_bytes"]),
     )
 
 

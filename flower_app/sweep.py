@@ -184,8 +184,9 @@ def compare(
 ) -> pd.DataFrame:
     """One row per run name: means (and spread) over its seeds' finished runs.
 
-    `baselines` maps a run to the run whose bytes its `x_fewer` columns divide by (FedAvg
-    with as many clients); a run without one gets NaN there.
+    Bytes are transport-level bytes sent. `baselines` maps a run to the run whose bytes its
+    `x_fewer` columns divide by (FedAvg with as many clients); a run without one gets NaN
+    there. `up_x_<level>` is the uplink's float32 size over what it cost at that level.
     """
     rows = []
     for name, folders in run_dirs.items():
@@ -206,6 +207,10 @@ def compare(
                 "down_bytes": summaries["down_bytes"].mean(),
                 "total_bytes": summaries["total_bytes"].mean(),
                 "sim_time_s": summaries["sim_time_s"].astype(float).mean(),
+            }
+            | {
+                f"up_x_{level}": summaries[f"uplink_compression_{level}"].mean()
+                for level in ("payload", "message", "transport")
             }
         )
     table = pd.DataFrame(rows)

@@ -49,10 +49,10 @@ QSFL_TOP_P = "qsfl.top-p"
 QSFL_QUANTIZE = "qsfl.quantize"  # the segment goes through the quant.* entries of the request
 RELEVANCE = "relevance"  # metric: fraction of entries whose signs agree
 
-# Measured by the payload-size mod (mods/size_mod.py), read and removed by the strategies
-MESSAGE_SIZE = "message-size"
-DOWN_BYTES = "down-bytes"  # the message the client received, as it arrived
-UP_BYTES = "up-bytes"  # the reply as it left, before this record was added
+# Measured by the payload-size mod (mods/size_mod.py) into the reply's metrics, at the message
+# level; read and removed by the strategies before the metrics are checked or averaged
+CLIENT_DOWN_BYTES = "client-down-message-bytes"  # the message the client received
+CLIENT_UP_BYTES = "client-up-message-bytes"  # the reply as it left (these entries included)
 
 # What a client keeps in context.state between rounds
 STATE_GLOBAL = "stc.global"  # its copy of the global model

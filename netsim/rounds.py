@@ -21,6 +21,7 @@ class Links:
     up: Channel
     down: Channel
     seconds_per_sample: float
+    rtt_s: float = 0.0  # one round trip per request: a message is several requests
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Transfer:
     samples: int  # training samples processed (compute time)
     up_bits: int
     refine_bits: int = 0  # the last part of up_bits, usable late or never
+    up_requests: int = 0  # requests each message takes, one round trip each
+    down_requests: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,15 @@ class Timeline:
 
 
 def client_timeline(links: Links, start_s: float, transfer: Transfer) -> Timeline:
-    """Downlink from `start_s`, then compute, then the uplink base and its refinement."""
+    """Downlink from `start_s`, then compute, then the uplink base and its refinement.
+
+    Each message also waits one round-trip time per request it takes.
+    """
     down_end = links.down.transmit_end(start_s, transfer.down_bits)
+    down_end += transfer.down_requests * links.rtt_s
     up_start = down_end + transfer.samples * links.seconds_per_sample
-    base_end = links.up.transmit_end(up_start, transfer.up_bits - transfer.refine_bits)
+    base_start = up_start + transfer.up_requests * links.rtt_s
+    base_end = links.up.transmit_end(base_start, transfer.up_bits - transfer.refine_bits)
     up_end = links.up.transmit_end(base_end, transfer.refine_bits)
     return Timeline(transfer.partition_id, start_s, down_end, up_start, base_end, up_end)
 

@@ -24,11 +24,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from flower_app.config import ExperimentConfig, selected_count
-from flower_app.recorder import TRAIN_PHASES, Recorder
+from flower_app.recorder import Recorder
 from flower_app.task import samples_processed
+from ledger.book import LEVELS, Ledger, Received
 from mods import keys
 from netsim.rounds import Timeline, Transfer
-from strategies.accounting import dense_fields, wire_bytes
+from strategies.accounting import dense_fields
 from strategies.discovery import (
     NODE_POLL_S,
     DiscoveryError,
@@ -94,14 +95,10 @@ class BandwidthFedAvg(FedAvg):
         )
         self.config = config
         self.recorder = recorder
+        self.ledger = Ledger(recorder.log_message, self._sim_times)
         self.node_of: dict[int, int] = {}  # partition_id -> node_id
         self.partition_of: dict[int, int] = {}  # node_id -> partition_id
-        self.totals = {"up": 0, "down": 0}
-        self.train_bytes = {"up": 0, "down": 0}
-        self.train_messages = {"up": 0, "down": 0}
-        self.train_framing_bytes = 0
         self._round: dict = {}
-        self._pending: dict[tuple[str, int], dict] = {}  # (phase, node) -> row awaiting a reply
         self._global: dict[str, np.ndarray] = {}
         self._global_shapes: dict[str, tuple[int, ...]] = {}
         self.clock = NetworkClock(config.net, config.seed) if config.net.simulated else None
@@ -152,10 +149,11 @@ class BandwidthFedAvg(FedAvg):
         for node_id, (partition_id, _) in reports.items():
             self.node_of[partition_id] = node_id
             self.partition_of[node_id] = partition_id
+        sent = {message.metadata.dst_node_id: message for message in messages}
         for reply in self._sorted(replies):
-            node_id = reply.metadata.src_node_id
-            self._queue_down(0, self._partition(reply), node_id, "query", RecordDict(), {})
-            self._log_reply(0, "query", reply, "delivered", self._receive(reply))
+            message = sent[reply.metadata.src_node_id]
+            self.ledger.sent(0, self._partition(reply), "query", message, {})
+            self._log_reply(0, "query", reply, "delivered", self.ledger.receive(reply))
         return reports
 
     @staticmethod
@@ -193,7 +191,7 @@ class BandwidthFedAvg(FedAvg):
         """Log every reply, leave out failed, late or malformed ones, FedAvg the rest."""
         accepted = []
         replies = self._sorted(replies)
-        received = [self._receive(reply) for reply in replies]
+        received = [self.ledger.receive(reply) for reply in replies]
         network_status = self._time_round(self.upload_phase, replies, received)
         for reply, measured in zip(replies, received, strict=True):
             if network_status.get(self._partition(reply)) == "dropped":
@@ -203,7 +201,7 @@ class BandwidthFedAvg(FedAvg):
             self._log_reply(server_round, self.upload_phase, reply, status, measured)
             if status in ACCEPTED:
                 accepted.append(reply)
-        self._flush_pending(self.upload_phase)
+        self.ledger.flush_pending(self.upload_phase)
         self._round["delivered"] = len(accepted)
         if not accepted:
             log(WARNING, "round %s: no usable update; the global model is kept", server_round)
@@ -214,29 +212,38 @@ class BandwidthFedAvg(FedAvg):
         return arrays, metrics
 
     def _time_round(
-        self, phase: str, replies: list[Message], received: list[tuple]
+        self, phase: str, replies: list[Message], received: list[Received]
     ) -> dict[int, str]:
         """Simulated times of a phase's messages and the straggler policy's verdicts.
 
-        Clients compute in phase `train` only (QSFL's `upload` sends what was trained).
+        Each message takes its transport bytes, plus one round-trip time per HTTP request
+        (`net.rtt-ms`); clients compute in phase `train` only (QSFL's `upload` sends what
+        was trained).
         """
         self._late_refinements = set()
         if self.clock is None:
             return {}
-        down_bits = {
-            row["partition_id"]: 8 * row["measured"]
-            for (pending_phase, _), row in self._pending.items()
-            if pending_phase == phase
-        }
-        uploads = {}  # partition -> (samples trained, bits up, of which refinement)
-        for reply, (measured, _) in zip(replies, received, strict=True):
+        down = self.ledger.pending_down(phase)
+        uploads = {}  # partition -> (samples trained, bits up, of which refinement, requests)
+        for reply, measured in zip(replies, received, strict=True):
             partition_id = self._partition(reply)
-            if not reply.has_error() and partition_id in down_bits:
+            if not reply.has_error() and partition_id in down:
                 samples = self._samples(reply) if phase == "train" else 0
-                uploads[partition_id] = (samples, 8 * measured, 8 * self.refinement_bytes(reply))
+                levels = measured.levels
+                uploads[partition_id] = (
+                    samples,
+                    8 * levels.transport_bytes,
+                    8 * self.refinement_bytes(reply),
+                    levels.requests,
+                )
         transfers = [
-            Transfer(partition_id, bits, *uploads.get(partition_id, (0, 0, 0)))
-            for partition_id, bits in down_bits.items()
+            Transfer(
+                partition_id,
+                8 * levels.transport_bytes,
+                *uploads.get(partition_id, (0, 0, 0, 0)),
+                down_requests=levels.requests,
+            )
+            for partition_id, levels in down.items()
         ]
         keep = self._keep if phase == "train" else len(transfers)
         self._timelines[phase], status = self.clock.run_round(transfers, set(uploads), keep)
@@ -308,64 +315,72 @@ class BandwidthFedAvg(FedAvg):
         """Log every evaluation reply, then average the metrics of the good ones."""
         accepted = []
         for reply in self._sorted(replies):
-            measured = self._receive(reply)
+            measured = self.ledger.receive(reply)
             metrics = None if reply.has_error() else reply.content.metric_records.get(keys.METRICS)
             status = "delivered" if metrics is not None else "failed"
             self._log_reply(server_round, "evaluate", reply, status, measured)
             if status == "delivered":
                 accepted.append(reply)
-        self._flush_pending("evaluate")
+        self.ledger.flush_pending("evaluate")
         return super().aggregate_evaluate(server_round, accepted) if accepted else None
 
     # ------------------------------------------------------------------ rounds
     def finish_round(self, server_round: int, test_loss: float, test_accuracy: float) -> dict:
         """Append the round's row (called after central evaluation) and return it."""
-        cum_up, cum_down = self.totals["up"], self.totals["down"]
+        round_sent = self.ledger.round.bytes_by_level("sent")
+        run_sent = self.ledger.run.bytes_by_level("sent")
         row = {
             "round": server_round,
             "selected": self._round.get("selected", 0),
             "delivered": self._round.get("delivered", 0),
-            "up_bytes": self._round["up"],
-            "down_bytes": self._round["down"],
-            "cum_up_bytes": cum_up,
-            "cum_down_bytes": cum_down,
-            "cum_bytes": cum_up + cum_down,
             "train_loss": self._round.get("train_loss", ""),
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
             "sim_time_s": "" if self.clock is None else round(self.clock.now, 6),
             "wall_s": round(time.perf_counter() - self._round["t0"], 3),
         }
+        for level in ("transport", "content"):
+            row[f"up_{level}_bytes"] = round_sent["up"][level]
+            row[f"down_{level}_bytes"] = round_sent["down"][level]
+            row[f"cum_{level}_bytes"] = run_sent["up"][level] + run_sent["down"][level]
+        row["cum_up_transport_bytes"] = run_sent["up"]["transport"]
+        row["cum_down_transport_bytes"] = run_sent["down"]["transport"]
         if self.clock is not None:
             self.recorder.log_rates(self.clock.rate_rows())
         self.recorder.log_round(row)
         return row
 
     def bandwidth_summary(self, model_bytes: int) -> dict:
-        """Measured train-phase bytes beside the formula (down + up) x N x fraction x rounds."""
+        """Bytes per direction and level, and the train phase beside the formula.
+
+        The formula (model down + update up) x N x fraction x rounds counts float32 payloads,
+        so it is compared with the payload the train phase used; each level above adds what
+        Flower wraps around it (`<level>_framing_bytes`).
+        """
         clients, rounds = len(self.node_of), self.config.num_server_rounds
         formula = 2 * model_bytes * clients * self.config.fraction_train * rounds
         formula = int(formula) if float(formula).is_integer() else formula
-        measured = self.train_bytes["up"] + self.train_bytes["down"]
-        return {
+        used = self.ledger.train.bytes_by_level("used")
+        train = {level: used["up"][level] + used["down"][level] for level in LEVELS}
+        summary = {
             "clients": clients,
             "fraction_train": self.config.fraction_train,
             "rounds": rounds,
             "model_bytes": model_bytes,
             "formula_bytes": formula,
-            "measured_train_bytes": measured,
-            "measured_train_up_bytes": self.train_bytes["up"],
-            "measured_train_down_bytes": self.train_bytes["down"],
-            "train_messages": self.train_messages["up"] + self.train_messages["down"],
-            "framing_bytes": self.train_framing_bytes,
-            "payload_minus_formula_bytes": measured - self.train_framing_bytes - formula,
-            "total_up_bytes": self.totals["up"],
-            "total_down_bytes": self.totals["down"],
-            "total_bytes": self.totals["up"] + self.totals["down"],
+            "train_messages": sum(self.ledger.train.messages.values()),
+            "train_payload_bytes": train["payload"],
+            "payload_minus_formula_bytes": train["payload"] - formula,
         }
+        for level in LEVELS[1:]:
+            summary[f"train_{level}_bytes"] = train[level]
+            summary[f"{level}_framing_bytes"] = train[level] - train["payload"]
+        summary["bytes"] = self.ledger.bytes_summary()
+        return summary
 
     def _start_round(self, server_round: int) -> None:
-        self._round = {"round": server_round, "up": 0, "down": 0, "t0": time.perf_counter()}
+        self._round = {"round": server_round, "t0": time.perf_counter()}
+        self.ledger.start_round()
 
     # ------------------------------------------------------------------ helpers
     def _broadcast(
@@ -390,9 +405,9 @@ class BandwidthFedAvg(FedAvg):
         messages = []
         for partition_id in chosen:
             content, fields = self.downlink(server_round, phase, partition_id, arrays, config)
-            node_id = self.node_of[partition_id]
-            self._queue_down(server_round, partition_id, node_id, phase, content, fields)
-            messages.append(Message(content, message_type=message_type, dst_node_id=node_id))
+            message = Message(content, message_type=message_type, dst_node_id=self.node_of[partition_id])
+            self.ledger.sent(server_round, partition_id, phase, message, fields)
+            messages.append(message)
         return messages
 
     def downlink(
@@ -421,97 +436,13 @@ class BandwidthFedAvg(FedAvg):
         arrays = None if reply.has_error() else reply.content.array_records.get(keys.ARRAYS)
         return dense_fields(arrays) if phase == "train" and arrays is not None else {}
 
-    def _queue_down(
-        self,
-        server_round: int,
-        partition_id: int,
-        node_id: int,
-        phase: str,
-        content: RecordDict,
-        fields: dict,
-    ) -> None:
-        """Hold a sent message's row until its reply brings the client's measured size."""
-        self._pending[(phase, node_id)] = {
-            "server_round": server_round,
-            "partition_id": partition_id,
-            "phase": phase,
-            "direction": "down",
-            "measured": wire_bytes(content),
-        } | fields
-
-    def _flush_pending(self, phase: str) -> None:
-        """Log the sent messages that got no reply (`timeout`), in partition order."""
-        keys_left = [key for key in self._pending if key[0] == phase]
-        for key in sorted(keys_left, key=lambda k: self._pending[k]["partition_id"]):
-            self._log(**self._pending.pop(key), status="timeout")
-
-    def _receive(self, reply: Message) -> tuple[int, dict]:
-        """Bytes of a reply as it arrived, and the sizes the client measured (record removed)."""
-        if reply.has_error():
-            return 0, {}
-        measured = wire_bytes(reply.content)
-        sizes = reply.content.metric_records.get(keys.MESSAGE_SIZE)
-        if sizes is None:
-            return measured, {}
-        del reply.content[keys.MESSAGE_SIZE]
-        return measured, dict(sizes)
-
     def _log_reply(
-        self, server_round: int, phase: str, reply: Message, status: str, received: tuple
+        self, server_round: int, phase: str, reply: Message, status: str, received: Received
     ) -> None:
-        measured, client_sizes = received
-        partition_id = self._partition(reply)
-        down = self._pending.pop((phase, reply.metadata.src_node_id), None)
-        if down is not None:  # a message down shares the fate of its exchange
-            self._log(**down, status=status, client_bytes=client_sizes.get(keys.DOWN_BYTES, ""))
         fields = self.reply_fields(phase, reply)
-        self._log(
-            server_round,
-            partition_id,
-            phase,
-            "up",
-            measured,
-            status,
-            client_bytes=client_sizes.get(keys.UP_BYTES, ""),
-            **fields,
+        self.ledger.replied(
+            server_round, phase, self._partition(reply), reply, status, received, fields
         )
-
-    def _log(
-        self,
-        server_round: int,
-        partition_id: int,
-        phase: str,
-        direction: str,
-        measured: int,
-        status: str = "delivered",
-        codec: str = "",
-        payload_bits: int = 0,
-        dense_bytes: int = 0,
-        client_bytes: int | str = "",
-    ) -> None:
-        start_s, end_s = self._sim_times(partition_id, phase, direction, status)
-        self.recorder.log_message(
-            {
-                "round": server_round,
-                "partition_id": partition_id,
-                "phase": phase,
-                "direction": direction,
-                "codec": codec,
-                "payload_bits": payload_bits,
-                "wire_bytes": measured,
-                "client_bytes": client_bytes,
-                "dense_bytes": dense_bytes,
-                "status": status,
-                "sim_start_s": start_s,
-                "sim_end_s": end_s,
-            }
-        )
-        self.totals[direction] += measured
-        self._round[direction] = self._round.get(direction, 0) + measured
-        if phase in TRAIN_PHASES and status in ACCEPTED:
-            self.train_bytes[direction] += measured
-            self.train_messages[direction] += 1
-            self.train_framing_bytes += measured - payload_bits // 8
 
     def _sim_times(
         self, partition_id: int, phase: str, direction: str, status: str

@@ -25,6 +25,7 @@ class DecodedUpdate:
     payload_bits: int  # the exact bits decoded
     codec: str
     status: str = "delivered"  # or "partial": only part of what was sent is used
+    unused_bits: int = 0  # sent but not used (a progressive refinement that came too late)
 
 
 class CodedFedAvg(BandwidthFedAvg):
@@ -74,7 +75,12 @@ class CodedFedAvg(BandwidthFedAvg):
         if decoded is None:
             return {}
         dense = sum(t.size for t in decoded.tensors) * FLOAT32_BYTES
-        return {"codec": decoded.codec, "payload_bits": decoded.payload_bits, "dense_bytes": dense}
+        return {
+            "codec": decoded.codec,
+            "payload_bits": decoded.payload_bits + decoded.unused_bits,
+            "unused_payload_bits": decoded.unused_bits,
+            "dense_bytes": dense,
+        }
 
     def combine(self, server_round: int, accepted: list[Message]) -> list[np.ndarray]:
         """One update from the decoded replies: their mean weighted by examples."""

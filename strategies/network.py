@@ -40,22 +40,23 @@ def make_links(
 ) -> Links:
     """One client's links and device speed, from its own seeded streams (or the trace)."""
     seconds = net.seconds_per_sample * speed_factor(seed, partition_id, net.compute_sigma)
+    rtt_s = net.rtt_ms / 1000
     if trace is not None:
-        return Links(trace[partition_id]["up"], trace[partition_id]["down"], seconds)
+        return Links(trace[partition_id]["up"], trace[partition_id]["down"], seconds, rtt_s)
     up_rng = client_rng(seed, partition_id, UP_STREAM)
     down_rng = client_rng(seed, partition_id, DOWN_STREAM)
     if net.channel == "random-walk":
         bounds = (net.min_bps, net.max_bps, net.change_low_bps, net.change_high_bps)
         up = random_walk(up_rng, *bounds, net.step_s)
         down = random_walk(down_rng, *(net.down_factor * b for b in bounds), net.step_s)
-        return Links(up, down, seconds)
+        return Links(up, down, seconds, rtt_s)
     distance = client_rng(seed, partition_id, PLACEMENT_STREAM).uniform(
         net.distance_min_m, net.distance_max_m
     )
     snr = mean_snr_at(distance, net.snr_db, net.distance_min_m, net.path_loss_exponent)
     up = rayleigh(up_rng, net.bandwidth_hz, snr, net.step_s)
     down = rayleigh(down_rng, net.down_factor * net.bandwidth_hz, snr, net.step_s)
-    return Links(up, down, seconds)
+    return Links(up, down, seconds, rtt_s)
 
 
 class NetworkClock:

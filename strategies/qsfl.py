@@ -105,7 +105,7 @@ class QsflFedAvg(CodedFedAvg):
         candidates = list(super().configure_train(server_round, arrays, config, grid))
         timeout = self.config.round_timeout_s
         replies = self._sorted(grid.send_and_receive(candidates, timeout=timeout))
-        received = [self._receive(reply) for reply in replies]
+        received = [self.ledger.receive(reply) for reply in replies]
         network_status = self._time_round("train", replies, received)
         reports = []
         for reply, measured in zip(replies, received, strict=True):
@@ -115,7 +115,7 @@ class QsflFedAvg(CodedFedAvg):
             self._log_reply(server_round, "train", reply, status, measured)
             if report is not None:
                 reports.append(report)
-        self._flush_pending("train")
+        self.ledger.flush_pending("train")
         return self._request_uploads(server_round, reports)
 
     def downlink(

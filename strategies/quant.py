@@ -11,10 +11,13 @@ the server then uses the base alone and logs the reply as `partial`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcodec import quant
+from ledger.levels import pushed_objects_bytes
 from mods import keys
 from mods.quant_mod import quantized_downlink, spec_config
 from strategies.accounting import FLOAT32_BYTES, dense_fields
@@ -74,18 +77,19 @@ class QuantFedAvg(CodedFedAvg):
         expected = set(quant.array_names(self.spec))
         if set(arrays) != expected:
             raise ValueError(f"expected the arrays {', '.join(sorted(expected))}")
-        status = "delivered"
+        status, unused_bits = "delivered", 0
+        shapes = list(self._global_shapes.values())
         if self.spec.refined_arrays and self._refinement_lost(server_round, partition_id):
             arrays, status = quant.drop_refinement(arrays, self.spec), "partial"
-        shapes = list(self._global_shapes.values())
+            unused_bits = sum(math.prod(shape) for shape in shapes) * self.spec.refine_bits
         tensors, bits = quant.decode_arrays(arrays, shapes, self.spec)
-        return DecodedUpdate(tensors, bits, self.spec.label, status)
+        return DecodedUpdate(tensors, bits, self.spec.label, status, unused_bits)
 
     def refinement_bytes(self, reply: Message) -> int:
-        """Bytes of the refinement arrays (sent last; may miss the deadline)."""
+        """Transport bytes of the refinement arrays (sent last; may miss the deadline)."""
         arrays = reply.content.array_records.get(keys.ARRAYS, ArrayRecord())
         return sum(
-            len(arrays[name].data) + len(name)
+            pushed_objects_bytes(arrays[name])
             for name in self.spec.refined_arrays
             if name in arrays
         )

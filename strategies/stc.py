@@ -15,7 +15,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from fedcodec import stc
 from fedcodec.feedback import error_feedback_step
 from mods import keys
-from strategies.accounting import dense_bytes, dense_fields, wire_bytes
+from ledger.levels import down_transport_bytes
+from strategies.accounting import dense_bytes, dense_fields
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
 STC_PARTS = ("bits", "counts", "means")
@@ -51,8 +52,8 @@ class StcFedAvg(CodedFedAvg):
         # rounds without an accepted update left the model unchanged and sent nothing
         missed = [r for r in range(last + 1, server_round) if r in self.deltas]
         catch_up = self._catch_up(missed, ConfigRecord(dict(client_config)))
-        # the choice goes by what travels: every delta has its own .npy headers and keys
-        if wire_bytes(catch_up) >= wire_bytes(dense):
+        # the choice goes by what travels: every delta array is objects and requests of its own
+        if down_transport_bytes(catch_up) >= down_transport_bytes(dense):
             return dense, dense_fields(arrays)
         catch_up_bits = sum(self.deltas[r].payload_bits for r in missed)
         fields = {"codec": "stc", "payload_bits": catch_up_bits, "dense_bytes": dense_bytes(arrays)}

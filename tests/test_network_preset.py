@@ -1,7 +1,9 @@
 """The simulated network inside the strategies, on hand-built messages with a trace channel.
 
-Sizes as in test_strategy.py: a train request is 314 B = 2,512 bits, a dense reply 332 B =
-2,656 bits. Each client trains 10 examples for one epoch at 0.1 s a sample: 1 s of compute.
+The network times each message by its transport bytes (ledger.levels): the trace's rates are
+set in units of a train request's bits (D) and a dense reply's bits (U), so that a client with
+rate D receives the model in 1 s. Each client trains 10 examples for one epoch at 0.1 s a
+sample: 1 s of compute.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import csv
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord
+from flwr.app import Array, ConfigRecord, Message, MessageType, RecordDict
 
 from fedcodec import quant
 from fedcodec.quant import QuantSpec
 from flower_app.config import ConfigError, parse
+from ledger.levels import measure, pushed_objects_bytes
+from mods import keys
 from netsim.rounds import Transfer
 from strategies.network import NetworkClock
 from tests.test_quant_preset import quant_strategy, run_round  # noqa: F401  (fixture)
@@ -27,16 +31,29 @@ from tests.test_strategy import (
 )
 from tests.test_strategy import model as dense_model
 
-# per client: (time_s, up_bps, down_bps) rows
-TRACE = {
-    0: [(0, 2656, 2512)],  # down 1 s, compute 1 s, up 1 s: arrives at 3.0
-    1: [(0, 2656, 2512), (2.5, 1328, 2512)],  # up from 2.0: 0.5 s at 2656, 1 s at 1328: 3.5
-    2: [(0, 1328, 1256)],  # down 2 s, compute 1 s, up 2 s: 5.0
-    3: [(0, 2656, 628)],  # down 4 s, compute 1 s, up 1 s: 6.0
-}
+
+def message_bits() -> tuple[float, float, int, int]:
+    """Transport bits of a train request and of a dense reply, and their request counts."""
+    config = ConfigRecord({keys.SERVER_ROUND: 1})
+    content = RecordDict({keys.ARRAYS: dense_model(), keys.CONFIG: config})
+    request = Message(content, message_type=MessageType.TRAIN, dst_node_id=1000)
+    down, up = measure(request, "down"), measure(train_reply(request, 1.0), "up")
+    return 8.0 * down.transport_bytes, 8.0 * up.transport_bytes, down.requests, up.requests
 
 
-def write_trace(path, trace=TRACE):
+def trace_rates() -> dict[int, list[tuple[float, float, float]]]:
+    """Per client: (time_s, up_bps, down_bps) rows."""
+    d, u, _, _ = message_bits()
+    return {
+        0: [(0, u, d)],  # down 1 s, compute 1 s, up 1 s: arrives at 3.0
+        1: [(0, u, d), (2.5, u / 2, d)],  # up from 2.0: 0.5 s at U, 1 s at U / 2: 3.5
+        2: [(0, u / 2, d / 2)],  # down 2 s, compute 1 s, up 2 s: 5.0
+        3: [(0, u, d / 4)],  # down 4 s, compute 1 s, up 1 s: 6.0
+    }
+
+
+def write_trace(path, trace=None):
+    trace = trace_rates() if trace is None else trace
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["client", "time_s", "up_bps", "down_bps"])
@@ -111,10 +128,11 @@ def test_the_next_round_starts_where_the_last_one_ended(flat_config, tmp_path):
         for r in rates
         if r["partition_id"] == "1" and r["direction"] == "up"
     ]
+    _, u, _, _ = message_bits()
     assert client1_up == [
-        ("0.0", "2.5", "2656.0"),
-        ("2.5", "4.0", "1328.0"),
-        ("4.0", "8.0", "1328.0"),
+        ("0.0", "2.5", str(u)),
+        ("2.5", "4.0", str(u / 2)),
+        ("4.0", "8.0", str(u / 2)),
     ]
 
 
@@ -147,7 +165,9 @@ def test_a_trace_without_some_client_fails_before_round_one(flat_config, tmp_pat
     flat_config.update(
         {
             "net.channel": "trace",
-            "net.trace-file": write_trace(tmp_path / "short.csv", {0: TRACE[0], 1: TRACE[1]}),
+            "net.trace-file": write_trace(
+                tmp_path / "short.csv", {c: rows for c, rows in trace_rates().items() if c < 2}
+            ),
         }
     )
     with pytest.raises(ConfigError, match=r"no rows for client\(s\) 2, 3"):
@@ -156,28 +176,32 @@ def test_a_trace_without_some_client_fails_before_round_one(flat_config, tmp_pat
 
 @pytest.mark.parametrize(
     ("policy", "deadline", "status"),
-    [("partial", 5.0, "partial"), ("drop", 5.0, "dropped"), ("partial", 6.0, "delivered")],
+    [("partial", "between", "partial"), ("drop", "between", "dropped"), ("partial", "after", "delivered")],
 )
 def test_a_late_refinement_leaves_the_base(quant_strategy, tmp_path, policy, deadline, status):  # noqa: F811
-    # Prepare: progressive 2 + 6; a reply is 725 B = 5,800 bits: "base" 128 + 27 + 4 B,
-    # "refine" 128 + 79 + 6 = 213 B (1,704 bits, sent last), "lows" 140 B, "steps" 141 B,
-    # metrics 38 B, size record 34 B. Uplink 1,000 bit/s, a near-instant downlink, no compute:
-    # the base arrives at 4.096 s, the refinement at 5.8 s.
-    trace = {c: [(0, 1000, 1e12)] for c in range(4)}
-    strategy, grid = quant_strategy(
-        **{
-            "quant.scheme": "progressive",
-            "net.channel": "trace",
-            "net.trace-file": write_trace(tmp_path / "trace.csv", trace),
-            "net.policy": policy,
-            "net.deadline-s": deadline,
-            "net.seconds-per-sample": 0.0,
-        }
-    )
+    # Prepare: progressive 2 + 6 (the "refine" array sent last); uplink 1,000 bit/s, a
+    # near-instant downlink, no compute. A first round on an unhurried network gives the
+    # reply's transport bytes T; the refinement is the push of its array and chunk, R bytes:
+    # the base arrives at 8 (T - R) / 1000 s, the whole reply at 8 T / 1000 s.
     ramp = {
         n: np.linspace(0, 63, int(np.prod(s)), dtype=np.float32).reshape(s)
         for n, s in SHAPES.items()
     }
+    spec = QuantSpec("progressive", base_bits=2, refine_bits=6)
+    encoded = quant.encode(list(ramp.values()), spec)
+    network = {
+        "quant.scheme": "progressive",
+        "net.channel": "trace",
+        "net.trace-file": write_trace(tmp_path / "trace.csv", {c: [(0, 1000, 1e12)] for c in range(4)}),
+        "net.seconds-per-sample": 0.0,
+    }
+    probe, grid = quant_strategy(**network, **{"net.policy": "wait"})
+    run_round(probe, grid, {}, model(0), dict.fromkeys(range(4), ramp))
+    (whole,) = {int(r["transport_bytes"]) for r in read_rows(probe.recorder) if r["direction"] == "up" and r["phase"] == "train"}
+    refine = pushed_objects_bytes(Array(encoded.arrays["refine"]))
+    base_end, up_end = 8 * (whole - refine) / 1000, 8 * whole / 1000
+    seconds = (base_end + up_end) / 2 if deadline == "between" else up_end + 0.1
+    strategy, grid = quant_strategy(**network, **{"net.policy": policy, "net.deadline-s": seconds})
     # Execute
     start = model(0)
     new_global = run_round(strategy, grid, {}, start, dict.fromkeys(range(4), ramp))
@@ -186,16 +210,16 @@ def test_a_late_refinement_leaves_the_base(quant_strategy, tmp_path, policy, dea
         r for r in read_rows(strategy.recorder) if r["phase"] == "train" and r["direction"] == "up"
     ]
     assert {r["status"] for r in up} == {status}
-    assert {int(r["wire_bytes"]) for r in up} == {725}
-    assert float(up[0]["sim_end_s"]) == pytest.approx(5.8, abs=1e-6)
+    assert {int(r["transport_bytes"]) for r in up} == {whole}
+    assert float(up[0]["sim_end_s"]) == pytest.approx(up_end, abs=1e-6)
     if status == "dropped":
         assert new_global is None
         return
-    spec = QuantSpec("progressive", base_bits=2, refine_bits=6)
-    encoded = quant.encode(list(ramp.values()), spec)
+    # the refinement is sent whether or not it is used: 105 entries x 6 bits
+    assert {int(r["payload_bits"]) for r in up} == {105 * 8 + 128}
+    assert {int(r["unused_payload_bits"]) for r in up} == {105 * 6 if status == "partial" else 0}
     sent = quant.drop_refinement(encoded.arrays, spec) if status == "partial" else encoded.arrays
     expected, bits = quant.decode_arrays(sent, list(SHAPES.values()), spec)
-    assert {int(r["payload_bits"]) for r in up} == {bits}
     assert bits == (105 * 2 if status == "partial" else 105 * 8) + 128
     np.testing.assert_allclose(new_global["w"] - start["w"], expected[0], atol=1e-5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.app import Array, ConfigRecord, Error, Message, MessageType, RecordDict
 
 from fedcodec import quant
 from fedcodec.quant import QuantSpec
@@ -14,7 +14,8 @@ from mods import keys
 from mods.quant_mod import quant_mod, quantized_downlink, receive_model, spec_config
 from mods.size_mod import payload_size_mod
 from strategies import QuantFedAvg
-from strategies.accounting import wire_bytes
+from ledger.book import Ledger
+from ledger.levels import content_bytes, measure, message_bytes
 from tests.test_stc_preset import (
     SHAPES,
     context,
@@ -36,16 +37,34 @@ def quant_config(spec: QuantSpec = UNIFORM4, feedback: bool = False, **extra) ->
 def test_size_mod_writes_what_came_in_and_what_goes_out():
     # Prepare
     content = RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: ConfigRecord()})
-    incoming = wire_bytes(content)
     msg = train_message(content)
     # Execute
     reply = payload_size_mod(msg, context(), trainer(model(1), []))
-    # Assert: w (4, 25) float32: 128 + 400 + 1; b (5,): 128 + 20 + 1; metrics: 10+8 + 12+8
-    sizes = reply.content[keys.MESSAGE_SIZE]
-    assert incoming == 529 + 149
-    assert sizes[keys.DOWN_BYTES] == incoming
-    assert sizes[keys.UP_BYTES] == 529 + 149 + 38
-    assert wire_bytes(reply.content) == 716 + sizes.count_bytes()
+    # Assert: both sizes at the message level, in the reply's metrics, as floats
+    metrics = reply.content[keys.METRICS]
+    assert metrics[keys.CLIENT_DOWN_BYTES] == message_bytes(msg)
+    assert metrics[keys.CLIENT_UP_BYTES] == message_bytes(reply)  # the entries included
+    # w (4, 25) float32: 128 + 400 + 1; b (5,): 128 + 20 + 1; metrics: 10+8 + 12+8, and the
+    # two entries: len("client-down-message-bytes") + 8 + len("client-up-message-bytes") + 8
+    assert content_bytes(reply.content) == 529 + 149 + 38 + 25 + 8 + 23 + 8
+
+
+def test_client_and_server_disagree_on_a_reply_altered_in_flight(quant_strategy):
+    # Prepare: one client's reply, measured by its size mod; then one byte more on the way
+    strategy, grid = quant_strategy(**{"quant.bits": 2, "fraction-train": 0.25})
+    (msg,) = strategy.configure_train(1, record(model(0)), ConfigRecord(), grid)
+    chain = lambda m, c: quant_mod(m, c, trainer(model(1), []))  # noqa: E731
+    reply = payload_size_mod(msg, context(), chain)
+    reply.content[keys.METRICS][keys.TRAIN_LOSS] = 0.25  # same size: still agreed
+    tampered = payload_size_mod(msg, context(), chain)
+    tampered.content[keys.ARRAYS]["lows"] = Array(np.zeros(3, np.float32))  # one value more
+    # Execute
+    fair, altered = Ledger.receive(reply), Ledger.receive(tampered)
+    # Assert
+    assert fair.client_up_bytes == fair.levels.message_bytes
+    assert fair.client_down_bytes == measure(msg, "down").message_bytes
+    assert altered.client_up_bytes != altered.levels.message_bytes
+    assert keys.CLIENT_UP_BYTES not in tampered.content[keys.METRICS]  # taken out by the server
 
 
 def test_size_mod_leaves_a_failed_reply_alone():
@@ -126,9 +145,12 @@ def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict,
 
 @pytest.fixture
 def quant_strategy(flat_config, tmp_path):
+    built = []
+
     def build(**overrides) -> tuple[QuantFedAvg, FakeGrid]:
         flat_config.update({"strategy": "quant", "fraction-train": 1.0} | overrides)
-        strategy = QuantFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+        strategy = QuantFedAvg(parse(flat_config), Recorder(tmp_path / f"run-{len(built)}"))
+        built.append(strategy)
         grid = FakeGrid(4)
         strategy.discover_partitions(grid)
         return strategy, grid
@@ -154,22 +176,16 @@ def test_strategy_averages_decoded_updates_and_logs_exact_sizes(quant_strategy):
     assert [r["codec"] for r in up] == ["uniform2"] * 4
     # 105 entries x 2 bits + 2 x 64 header bits = 338 bits
     assert [int(r["payload_bits"]) for r in up] == [338] * 4
-    # the client measured its reply before adding the 34-byte size record
-    # ("down-bytes" 10 + 8, "up-bytes" 8 + 8) that the server also counts
-    assert [int(r["wire_bytes"]) - int(r["client_bytes"]) for r in up] == [34] * 4
-    down = [
-        r
-        for r in read_rows(strategy.recorder)
-        if r["phase"] == "train" and r["direction"] == "down"
-    ]
-    assert [r["wire_bytes"] for r in down] == [r["client_bytes"] for r in down]
+    # client and server measured the same messages on either side
+    rows = [r for r in read_rows(strategy.recorder) if r["phase"] == "train"]
+    assert [r["message_bytes"] for r in rows] == [r["client_message_bytes"] for r in rows]
 
 
 def test_strategy_quantizes_the_downlink_once_per_round(quant_strategy):
     strategy, grid = quant_strategy(**{"quant.down-bits": 8})
     messages = list(strategy.configure_train(1, record(model(0)), ConfigRecord(), grid))
     assert all(keys.DOWN_QUANT in m.content.array_records for m in messages)
-    strategy._flush_pending("train")  # no replies: the down rows are logged as they are
+    strategy.ledger.flush_pending("train")  # no replies: the down rows are logged as they are
     rows = [r for r in read_rows(strategy.recorder) if r["phase"] == "train"]
     assert [(r["codec"], r["payload_bits"]) for r in rows] == [("uniform8", str(105 * 8 + 128))] * 4
 
@@ -195,7 +211,15 @@ def test_lost_refinement_uses_the_base_and_logs_partial(quant_strategy, loss, st
     encoded = quant.encode(list(ramp.values()), spec)
     arrays = quant.drop_refinement(encoded.arrays, spec) if loss else encoded.arrays
     expected, bits = quant.decode_arrays(arrays, list(SHAPES.values()), spec)
-    assert {int(r["payload_bits"]) for r in up} == {bits}
     assert bits == (105 * 2 + 128 if loss else 105 * 8 + 128)
+    # the row says what was sent; a lost refinement (105 x 6 bits) is sent but unused
+    assert {int(r["payload_bits"]) for r in up} == {105 * 8 + 128}
+    assert {int(r["unused_payload_bits"]) for r in up} == {105 * 6 if loss else 0}
+    summary = strategy.bandwidth_summary(model_bytes=105 * 4)
+    payload = summary["bytes"]["up"]["payload"]
+    assert payload["sent"] - payload["used"] == (4 * 105 * 6 // 8 if loss else 0)
+    # framing is what Flower adds, the same whether or not the refinement is used
+    content = summary["bytes"]["up"]["content"]
+    assert content["sent"] - content["used"] == payload["sent"] - payload["used"]
     for name, value in zip(SHAPES, expected, strict=True):
         np.testing.assert_allclose(new_global[name] - start[name], value, atol=1e-5)

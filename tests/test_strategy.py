@@ -90,8 +90,13 @@ def test_discovery_maps_nodes_to_partitions_and_logs_the_query(flat_config, tmp_
         ("query", "down", "1"),
     ]
     # empty request; reply MetricRecord {"partition-id": int, "num-partitions": int} = 12+8+14+8
-    assert {r["wire_bytes"] for r in rows if r["direction"] == "down"} == {"0"}
-    assert {r["wire_bytes"] for r in rows if r["direction"] == "up"} == {"42"}
+    assert {r["content_bytes"] for r in rows if r["direction"] == "down"} == {"0"}
+    assert {r["content_bytes"] for r in rows if r["direction"] == "up"} == {"42"}
+    # down: the message and its empty record dict, one pull each, plus the pull of the
+    # message header and the confirmation; up: the header, then the message, its record dict
+    # and the metric record, one push each
+    assert {r["requests"] for r in rows if r["direction"] == "down"} == {"4"}
+    assert {r["requests"] for r in rows if r["direction"] == "up"} == {"4"}
 
 
 def test_train_messages_are_measured_exactly(flat_config, tmp_path):
@@ -102,7 +107,10 @@ def test_train_messages_are_measured_exactly(flat_config, tmp_path):
     assert len(rows) == 4  # 4 clients x fraction 0.5 = 2, each down and up
     for row in rows:
         expected = DOWN_WIRE if row["direction"] == "down" else UP_WIRE
-        assert int(row["wire_bytes"]) == expected
+        assert int(row["content_bytes"]) == expected
+        # objects: message, record dict, array record, 2 arrays, 2 chunks, config (down) or
+        # metric (up) record; down adds the header pull and the confirmation, up the header push
+        assert int(row["requests"]) == (10 if row["direction"] == "down" else 9)
         assert int(row["payload_bits"]) == PAYLOAD_BITS
         assert int(row["dense_bytes"]) == DENSE_BYTES
         assert (row["codec"], row["status"]) == ("float32", "delivered")
@@ -195,9 +203,11 @@ def test_a_message_down_shares_the_fate_of_its_exchange(flat_config, tmp_path):
     ]
     # the train-phase totals hold the delivered exchange alone; rounds.csv every message sent
     summary = strategy.bandwidth_summary(model_bytes=DENSE_BYTES)
-    assert summary["measured_train_bytes"] == DOWN_WIRE + UP_WIRE == 646
-    assert summary["total_down_bytes"] == 4 * DOWN_WIRE  # the query requests are empty: 0 B
-    assert summary["total_up_bytes"] == 4 * 42 + 2 * UP_WIRE  # the 4 query replies, 0 and 2
+    assert summary["train_content_bytes"] == DOWN_WIRE + UP_WIRE == 646
+    content = {d: summary["bytes"][d]["content"] for d in ("down", "up")}
+    assert content["down"]["sent"] == 4 * DOWN_WIRE  # the query requests are empty: 0 B
+    assert content["up"]["sent"] == 4 * 42 + 2 * UP_WIRE  # the 4 query replies, 0 and 2
+    assert content["up"]["used"] == 4 * 42 + UP_WIRE  # the queries and partition 0's update
 
 
 def test_fedavg_weights_by_examples_in_partition_order(flat_config, tmp_path):
@@ -234,8 +244,9 @@ def test_summary_matches_the_formula_plus_framing(flat_config, tmp_path):
     summary = strategy.bandwidth_summary(model_bytes=DENSE_BYTES)
     # (36 + 36) x 4 clients x 0.5 x 2 rounds = 288 B; 8 messages carry framing on top
     assert summary["formula_bytes"] == 288
-    assert summary["measured_train_bytes"] == 2 * 2 * (DOWN_WIRE + UP_WIRE) == 2584
-    assert summary["framing_bytes"] == 2584 - 288
+    assert summary["train_payload_bytes"] == 288
+    assert summary["train_content_bytes"] == 2 * 2 * (DOWN_WIRE + UP_WIRE) == 2584
+    assert summary["content_framing_bytes"] == 2584 - 288
     assert summary["payload_minus_formula_bytes"] == 0
 
 
@@ -246,8 +257,12 @@ def test_round_row_sums_bytes_of_all_phases(flat_config, tmp_path):
     strategy.aggregate_train(1, [train_reply(m, 1.0) for m in messages])
     row = strategy.finish_round(1, 1.0, 0.5)
     assert (row["selected"], row["delivered"]) == (2, 2)
-    assert (row["up_bytes"], row["down_bytes"]) == (2 * UP_WIRE, 2 * DOWN_WIRE)
-    assert row["cum_bytes"] == 4 * 42 + 2 * (UP_WIRE + DOWN_WIRE)
+    assert (row["up_content_bytes"], row["down_content_bytes"]) == (2 * UP_WIRE, 2 * DOWN_WIRE)
+    assert row["cum_content_bytes"] == 4 * 42 + 2 * (UP_WIRE + DOWN_WIRE)
+    rows = read_rows(recorder)
+    sent = {d: sum(int(r["transport_bytes"]) for r in rows if r["direction"] == d) for d in "up down".split()}
+    assert row["cum_up_transport_bytes"] == sent["up"]
+    assert row["cum_transport_bytes"] == sent["up"] + sent["down"]
     assert [r["round"] for r in read_rows(recorder, "rounds.csv")] == ["0", "1"]
 
 

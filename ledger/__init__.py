@@ -1,0 +1,1 @@
+"""Byte accounting of Flower messages: their sizes at each level, and the run ledger."""

@@ -1,0 +1,237 @@
+"""The run's ledger: one row per message in bandwidth.csv, and every total drawn from those rows.
+
+Each message is measured at four levels (`payload_bits` from the codec, then `content_bytes`,
+`message_bytes` and `transport_bytes` from `ledger.levels`) and carries the fate of its
+exchange (`delivered`, `partial`, `dropped`, `failed`, `rejected`, `timeout`), down rows
+included: a message down waits for its reply and is logged with the reply's status. Totals
+are kept per direction and level as bytes *sent* (every row) and bytes *used* (rows whose
+update or answer was used, less the payload that was sent but not used, such as a progressive
+refinement that came too late).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flwr.app import Message
+
+from ledger.levels import Levels, measure
+from mods import keys
+
+LEVELS = ("payload", "content", "message", "transport")
+DIRECTIONS = ("down", "up")
+USED = ("delivered", "partial")  # statuses whose message was used
+TRAIN_PHASES = ("train", "upload")  # phases inside the bandwidth formula (QSFL uploads apart)
+CLIENT_KEYS = (keys.CLIENT_DOWN_BYTES, keys.CLIENT_UP_BYTES)
+
+BANDWIDTH_COLUMNS = (
+    "round",
+    "partition_id",
+    "phase",
+    "direction",
+    "codec",
+    "payload_bits",
+    "unused_payload_bits",
+    "content_bytes",
+    "message_bytes",
+    "transport_bytes",
+    "requests",
+    "client_message_bytes",
+    "dense_bytes",
+    "status",
+    "sim_start_s",
+    "sim_end_s",
+)
+
+SimTimes = Callable[[int, str, str, str], tuple[float | str, float | str]]
+
+
+@dataclass
+class Received:
+    """A reply as it arrived: its levels and the sizes the client measured on its side."""
+
+    levels: Levels
+    client_down_bytes: int | str = ""
+    client_up_bytes: int | str = ""
+
+
+@dataclass
+class Totals:
+    """Bytes per direction and level, sent and used."""
+
+    sent: dict = field(default_factory=lambda: _zeros())
+    used: dict = field(default_factory=lambda: _zeros())
+    messages: dict = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
+
+    def add(self, row: dict) -> None:
+        """Count one logged row (payload in bits until `bytes_by_level`)."""
+        direction = row["direction"]
+        sizes = {
+            "payload": row["payload_bits"],
+            "content": row["content_bytes"],
+            "message": row["message_bytes"],
+            "transport": row["transport_bytes"],
+        }
+        for level, size in sizes.items():
+            self.sent[direction][level] += size
+        if row["status"] in USED:
+            unused_bits = row["unused_payload_bits"]
+            for level, size in sizes.items():
+                self.used[direction][level] += size - (
+                    unused_bits if level == "payload" else unused_bits // 8
+                )
+            self.messages[direction] += 1
+
+    def bytes_by_level(self, kind: str) -> dict:
+        """`sent` or `used` bytes as {direction: {level: bytes}} (payload bits / 8, floored)."""
+        totals = getattr(self, kind)
+        return {
+            direction: {
+                level: size // 8 if level == "payload" else size
+                for level, size in totals[direction].items()
+            }
+            for direction in DIRECTIONS
+        }
+
+
+class Ledger:
+    """Measures and logs every message of a run; keeps its totals.
+
+    Parameters
+    ----------
+    log_row : callable
+        Where a finished row goes (the recorder's bandwidth.csv).
+    sim_times : callable
+        `(partition_id, phase, direction, status) -> (start_s, end_s)` on the simulated
+        network ("" without one).
+    """
+
+    def __init__(self, log_row: Callable[[dict], None], sim_times: SimTimes) -> None:
+        self._log_row = log_row
+        self._sim_times = sim_times
+        self._pending: dict[tuple[str, int], dict] = {}  # (phase, node) -> row awaiting a reply
+        self.run = Totals()
+        self.train = Totals()
+        self.round = Totals()
+
+    def start_round(self) -> None:
+        """Reset the current round's totals."""
+        self.round = Totals()
+
+    def sent(
+        self,
+        server_round: int,
+        partition_id: int,
+        phase: str,
+        message: Message,
+        fields: dict,
+    ) -> None:
+        """Measure a message going down; its row waits for the reply (or a timeout)."""
+        self._pending[(phase, message.metadata.dst_node_id)] = {
+            "round": server_round,
+            "partition_id": partition_id,
+            "phase": phase,
+            "direction": "down",
+            "levels": measure(message, "down"),
+        } | fields
+
+    def pending_down(self, phase: str) -> dict[int, Levels]:
+        """The levels of the messages of `phase` still waiting for a reply, by partition."""
+        return {
+            row["partition_id"]: row["levels"]
+            for (pending_phase, _), row in self._pending.items()
+            if pending_phase == phase
+        }
+
+    @staticmethod
+    def receive(reply: Message) -> Received:
+        """Measure a reply as it arrived, then take the client's own sizes out of its metrics."""
+        received = Received(measure(reply, "up"))
+        if reply.has_error() or keys.METRICS not in reply.content.metric_records:
+            return received
+        metrics = reply.content.metric_records[keys.METRICS]
+        client = [metrics.pop(key, None) for key in CLIENT_KEYS]
+        if all(isinstance(value, float) for value in client):
+            received.client_down_bytes, received.client_up_bytes = (int(v) for v in client)
+        return received
+
+    def replied(
+        self,
+        server_round: int,
+        phase: str,
+        partition_id: int,
+        reply: Message,
+        status: str,
+        received: Received,
+        fields: dict,
+    ) -> None:
+        """Log a reply, and the message down it answers with the same status."""
+        down = self._pending.pop((phase, reply.metadata.src_node_id), None)
+        if down is not None:
+            self._log(down | {"status": status, "client_message_bytes": received.client_down_bytes})
+        self._log(
+            {
+                "round": server_round,
+                "partition_id": partition_id,
+                "phase": phase,
+                "direction": "up",
+                "levels": received.levels,
+                "status": status,
+                "client_message_bytes": received.client_up_bytes,
+            }
+            | fields
+        )
+
+    def flush_pending(self, phase: str) -> None:
+        """Log the messages of `phase` that got no reply (`timeout`), in partition order."""
+        left = sorted(
+            (key for key in self._pending if key[0] == phase),
+            key=lambda key: self._pending[key]["partition_id"],
+        )
+        for key in left:
+            self._log(self._pending.pop(key) | {"status": "timeout"})
+
+    def _log(self, entry: dict) -> None:
+        levels: Levels = entry.pop("levels")
+        start_s, end_s = self._sim_times(
+            entry["partition_id"], entry["phase"], entry["direction"], entry["status"]
+        )
+        row = {
+            "round": entry["round"],
+            "partition_id": entry["partition_id"],
+            "phase": entry["phase"],
+            "direction": entry["direction"],
+            "codec": entry.get("codec", ""),
+            "payload_bits": entry.get("payload_bits", 0),
+            "unused_payload_bits": entry.get("unused_payload_bits", 0),
+            "content_bytes": levels.content_bytes,
+            "message_bytes": levels.message_bytes,
+            "transport_bytes": levels.transport_bytes,
+            "requests": levels.requests,
+            "client_message_bytes": entry.get("client_message_bytes", ""),
+            "dense_bytes": entry.get("dense_bytes", 0),
+            "status": entry["status"],
+            "sim_start_s": start_s,
+            "sim_end_s": end_s,
+        }
+        self._log_row(row)
+        self.run.add(row)
+        self.round.add(row)
+        if row["phase"] in TRAIN_PHASES:
+            self.train.add(row)
+
+    def bytes_summary(self) -> dict:
+        """Bytes sent and used over the whole run: {direction: {level: {sent, used}}}."""
+        sent, used = self.run.bytes_by_level("sent"), self.run.bytes_by_level("used")
+        return {
+            direction: {
+                level: {"sent": sent[direction][level], "used": used[direction][level]}
+                for level in LEVELS
+            }
+            for direction in DIRECTIONS
+        }
+
+
+def _zeros() -> dict:
+    return {direction: dict.fromkeys(LEVELS, 0) for direction in DIRECTIONS}
