@@ -111,6 +111,7 @@ class Ledger:
         self._log_row = log_row
         self._sim_times = sim_times
         self._pending: dict[tuple[str, int], dict] = {}  # (phase, node) -> row awaiting a reply
+        self._pushed: set[str] = set()  # ids of the objects replies pushed this round
         self.run = Totals()
         self.train = Totals()
         self.round = Totals()
@@ -118,6 +119,7 @@ class Ledger:
     def start_round(self) -> None:
         """Reset the current round's totals."""
         self.round = Totals()
+        self._pushed = set()
 
     def sent(
         self,
@@ -144,10 +146,14 @@ class Ledger:
             if pending_phase == phase
         }
 
-    @staticmethod
-    def receive(reply: Message) -> Received:
-        """Measure a reply as it arrived, then take the client's own sizes out of its metrics."""
-        received = Received(measure(reply, "up"))
+    def receive(self, reply: Message) -> Received:
+        """Measure a reply as it arrived, then take the client's own sizes out of its metrics.
+
+        Call it in partition order: an object that an earlier reply of the round carried is
+        at the SuperLink already and costs this reply no push (Flower's content addressing).
+        """
+        received = Received(measure(reply, "up", self._pushed))
+        self._pushed |= received.levels.object_ids
         if reply.has_error() or keys.METRICS not in reply.content.metric_records:
             return received
         metrics = reply.content.metric_records[keys.METRICS]

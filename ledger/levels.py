@@ -12,13 +12,16 @@
   a size calibrated on a real deployment (`REQUEST_HEAD_BYTES`, `RESPONSE_HEAD_BYTES`).
 
 Random 64-bit ids (run, node, task) are varints of 8 to 10 bytes; they are counted at a fixed
-value (`CANONICAL_ID`, 10 bytes) so that the same seed gives the same bytes. Flower skips an
-object the other side already holds (content addressing); the model assumes none is held.
+value (`CANONICAL_ID`, 10 bytes) so that the same seed gives the same bytes, and the id of the
+message a reply answers at its deployment form (64 hex digits; a simulation uses uuids).
+Flower sends an object only where the other side lacks it (content addressing): `measure`
+takes the ids already held there (the ledger passes those pushed earlier in the round).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Set
+from dataclasses import dataclass, field
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.app.message import make_message
@@ -48,6 +51,7 @@ from flwr.supercore.inflatable.inflatable_object import (
 )
 
 CANONICAL_ID = 2**63 + 1  # a uint64 id whose varint takes 10 bytes, the most common length
+REPLY_TO_ID = "0" * 64  # message ids are object ids: sha256 hex digests
 SESSION_ID = "00000000-0000-4000-8000-000000000000"  # a uuid4 string, as Flower's push sessions
 RECONNECT_S = 5  # what the SuperLink sends back with every push-messages
 # HTTP/1.1 heads, calibrated on a loopback deployment (flower_app.transport_check): a request
@@ -86,6 +90,7 @@ class Levels:
     message_bytes: int
     transport_bytes: int
     requests: int
+    object_ids: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -93,17 +98,22 @@ def content_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.values())
 
 
-def measure(message: Message, direction: str) -> Levels:
-    """The levels of `message` travelling `direction` ("down": to a node, "up": from it)."""
+def measure(message: Message, direction: str, held: Set[str] = frozenset()) -> Levels:
+    """The levels of `message` travelling `direction` ("down": to a node, "up": from it).
+
+    Objects whose ids are in `held` are already at the receiving end (content addressing:
+    another node pushed the same object this round) and are not sent again.
+    """
     message = canonical(message)
     objects = _objects(message)
-    exchanges = _exchanges(message, objects, direction)
+    exchanges = _exchanges(message, objects, direction, held)
     content = message.content if message.has_content() else RecordDict()
     return Levels(
         content_bytes=content_bytes(content),
         message_bytes=sum(len(body) for body in objects.values()),
         transport_bytes=sum(e.up_bytes + e.down_bytes for e in exchanges),
         requests=len(exchanges),
+        object_ids=frozenset(objects),
     )
 
 
@@ -143,7 +153,9 @@ def exchanges_of(message: Message, direction: str) -> list[Exchange]:
     return _exchanges(message, _objects(message), direction)
 
 
-def _exchanges(message: Message, objects: dict[str, bytes], direction: str) -> list[Exchange]:
+def _exchanges(
+    message: Message, objects: dict[str, bytes], direction: str, held: Set[str] = frozenset()
+) -> list[Exchange]:
     tree = get_object_tree(message)
     header = message_to_proto(_without_content(message))
     node = Node(node_id=CANONICAL_ID)
@@ -168,14 +180,15 @@ def _exchanges(message: Message, objects: dict[str, bytes], direction: str) -> l
     push = PushMessagesRequest(
         node=node, messages_list=[header], message_object_trees=[tree], clientapp_runtime_list=[1.0]
     )
+    to_push = {object_id: body for object_id, body in objects.items() if object_id not in held}
     pushed = PushMessagesResponse(
         reconnect=Reconnect(reconnect=RECONNECT_S),
         results={message.object_id: 0},
-        objects_to_push=list(objects),
+        objects_to_push=list(to_push),
         session_id=SESSION_ID,
     )
     exchanges = [_exchange("push-messages", push, pushed)]
-    for object_id, body in objects.items():
+    for object_id, body in to_push.items():
         request = PushObjectRequest(
             node=node,
             run_id=CANONICAL_ID,
@@ -197,6 +210,8 @@ def canonical(message: Message) -> Message:
     for field in ("src_task_id", "dst_task_id"):
         if proto.HasField(field):
             setattr(proto, field, CANONICAL_ID)
+    if proto.reply_to_message_id:  # a simulation's ids are uuids; on the transport, sha256 hex
+        proto.reply_to_message_id = REPLY_TO_ID
     if message.has_error():
         return make_message(metadata_from_proto(proto), error=message.error)
     return make_message(metadata_from_proto(proto), content=message.content)

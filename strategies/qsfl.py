@@ -200,9 +200,11 @@ class QsflFedAvg(CodedFedAvg):
                 }
             )
             content = RecordDict({keys.CONFIG: request})
-            node_id = self.node_of[partition_id]
-            self._queue_down(server_round, partition_id, node_id, "upload", content, {})
-            messages.append(Message(content, message_type=keys.UPLOAD, dst_node_id=node_id))
+            message = Message(
+                content, message_type=keys.UPLOAD, dst_node_id=self.node_of[partition_id]
+            )
+            self.ledger.sent(server_round, partition_id, "upload", message, {})
+            messages.append(message)
         return messages
 
     def _upload_entries(self) -> dict:

@@ -4,7 +4,8 @@ Logistic model, synthetic data: per message the model is 7,850 float32 = 31,400 
 hand-computed framing is two 128-byte .npy headers plus the keys "linear.weight" (13) and
 "linear.bias" (11) = 280 B; the train request adds {"server-round": int} (12 + 8 = 20 B), the
 reply {"train-loss": float, "num-examples": int} (10 + 8 + 12 + 8 = 38 B) and the payload-size
-mod's record {"down-bytes": int, "up-bytes": int} (10 + 8 + 8 + 8 = 34 B).
+mod's two float entries in the same record ("client-down-message-bytes" 25 + 8,
+"client-up-message-bytes" 23 + 8 = 64 B).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from flower_app.processes import FLWR_ROOT, processes_under
 REPO = Path(__file__).resolve().parents[1]
 MODEL_BYTES = 7850 * 4
 DOWN_WIRE = MODEL_BYTES + 280 + 20
-SIZE_RECORD = 34
-UP_WIRE = MODEL_BYTES + 280 + 38 + SIZE_RECORD
+SIZE_ENTRIES = 64
+UP_WIRE = MODEL_BYTES + 280 + 38 + SIZE_ENTRIES
 RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-train=0.5 seed=7"
 
 pytestmark = pytest.mark.e2e
@@ -62,21 +63,19 @@ def assert_exact_fedavg_logs(run_dir: Path) -> None:
     train = messages[messages["phase"] == "train"]
     assert rounds["round"].tolist() == [0, 1, 2]
     assert rounds["selected"].tolist() == [0, 2, 2]
-    assert train[train["direction"] == "down"]["wire_bytes"].unique().tolist() == [DOWN_WIRE]
-    assert train[train["direction"] == "up"]["wire_bytes"].unique().tolist() == [UP_WIRE]
-    # the client's own measurement: the same message down; the reply before its size record
-    assert (
-        (messages["client_bytes"] == messages["wire_bytes"])
-        .where(messages["direction"] == "down", messages["client_bytes"] == UP_WIRE - SIZE_RECORD)[
-            train.index
-        ]
-        .all()
-    )
+    assert train[train["direction"] == "down"]["content_bytes"].unique().tolist() == [DOWN_WIRE]
+    assert train[train["direction"] == "up"]["content_bytes"].unique().tolist() == [UP_WIRE]
+    # the client measured the same messages on its side of the transport
+    assert (messages["client_message_bytes"] == messages["message_bytes"]).all()
+    # a train message is 8 objects: 10 requests down, 9 up (header push, 8 object pushes)
+    assert set(train["requests"]) == {9, 10}
     assert (train["dense_bytes"] == MODEL_BYTES).all()
-    assert rounds["cum_bytes"].iloc[-1] == messages["wire_bytes"].sum()
+    assert rounds["cum_content_bytes"].iloc[-1] == messages["content_bytes"].sum()
+    assert rounds["cum_transport_bytes"].iloc[-1] == messages["transport_bytes"].sum()
     summary = pd.read_json(run_dir / "summary.json", typ="series")
     assert summary["bandwidth"]["formula_bytes"] == 2 * MODEL_BYTES * 4 * 0.5 * 2
-    assert summary["bandwidth"]["measured_train_bytes"] == 4 * (DOWN_WIRE + UP_WIRE)
+    assert summary["bandwidth"]["train_payload_bytes"] == 2 * MODEL_BYTES * 4 * 0.5 * 2
+    assert summary["bandwidth"]["train_content_bytes"] == 4 * (DOWN_WIRE + UP_WIRE)
 
 
 def test_two_flwr_runs_at_once_write_exact_logs_and_leave_nothing_running(tmp_path):
@@ -157,21 +156,23 @@ def test_qsfl_uplink_is_the_scalars_of_all_candidates_and_the_segments_of_the_ch
     )
     run_dir = run_folder(output)
     # Assert. A report: {"train-loss": float, "num-examples": int, "relevance": float}
-    # = 10+8 + 12+8 + 9+8 = 55 B + the size record = 89 B; its payload 3 x 64 bits.
+    # = 10+8 + 12+8 + 9+8 = 55 B + the size entries (64 B) = 119 B; its payload 3 x 64 bits.
     # A segment: 7,850 = 2 x 1,309 + 4 x 1,308 entries; one .npy header (128) + 4 B an entry +
-    # the key "values" (6) + {"train-loss", "num-examples"} (38) + the size record = 206 + 4 n.
+    # the key "values" (6) + {"train-loss", "num-examples"} (38) + the size entries = 236 + 4 n.
     messages = pd.read_csv(run_dir / "bandwidth.csv")
     rounds = pd.read_csv(run_dir / "rounds.csv").set_index("round")
     for server_round in (1, 2):
         up = messages.query(f"round == {server_round} and direction == 'up'")
         reports, uploads = up[up["phase"] == "train"], up[up["phase"] == "upload"]
-        assert len(reports) == 10 and (reports["wire_bytes"] == 89).all()
+        assert len(reports) == 10 and (reports["content_bytes"] == 119).all()
         assert (reports["payload_bits"] == 192).all()
         assert len(uploads) == 3
         for row in uploads.itertuples():
             entries = 1309 if (row.partition_id + server_round) % 6 < 2 else 1308
-            assert (row.wire_bytes, row.payload_bits) == (206 + 4 * entries, 32 * entries)
-        assert rounds.loc[server_round, "up_bytes"] == 10 * 89 + uploads["wire_bytes"].sum()
+            assert (row.content_bytes, row.payload_bits) == (236 + 4 * entries, 32 * entries)
+        assert rounds.loc[server_round, "up_content_bytes"] == 10 * 119 + uploads[
+            "content_bytes"
+        ].sum()
         assert rounds.loc[server_round, "delivered"] == 3
     segments = pd.read_csv(run_dir / "segments.csv")
     assert segments.groupby("round")["senders"].sum().tolist() == [3, 3]

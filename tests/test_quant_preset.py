@@ -14,7 +14,6 @@ from mods import keys
 from mods.quant_mod import quant_mod, quantized_downlink, receive_model, spec_config
 from mods.size_mod import payload_size_mod
 from strategies import QuantFedAvg
-from ledger.book import Ledger
 from ledger.levels import content_bytes, measure, message_bytes
 from tests.test_stc_preset import (
     SHAPES,
@@ -59,7 +58,7 @@ def test_client_and_server_disagree_on_a_reply_altered_in_flight(quant_strategy)
     tampered = payload_size_mod(msg, context(), chain)
     tampered.content[keys.ARRAYS]["lows"] = Array(np.zeros(3, np.float32))  # one value more
     # Execute
-    fair, altered = Ledger.receive(reply), Ledger.receive(tampered)
+    fair, altered = strategy.ledger.receive(reply), strategy.ledger.receive(tampered)
     # Assert
     assert fair.client_up_bytes == fair.levels.message_bytes
     assert fair.client_down_bytes == measure(msg, "down").message_bytes
@@ -218,8 +217,9 @@ def test_lost_refinement_uses_the_base_and_logs_partial(quant_strategy, loss, st
     summary = strategy.bandwidth_summary(model_bytes=105 * 4)
     payload = summary["bytes"]["up"]["payload"]
     assert payload["sent"] - payload["used"] == (4 * 105 * 6 // 8 if loss else 0)
-    # framing is what Flower adds, the same whether or not the refinement is used
+    # above the payload, each unused refinement takes its whole bytes (630 // 8) off `used`,
+    # never adds to framing
     content = summary["bytes"]["up"]["content"]
-    assert content["sent"] - content["used"] == payload["sent"] - payload["used"]
+    assert content["sent"] - content["used"] == (4 * (105 * 6 // 8) if loss else 0)
     for name, value in zip(SHAPES, expected, strict=True):
         np.testing.assert_allclose(new_global[name] - start[name], value, atol=1e-5)

@@ -17,7 +17,7 @@ def message_row(server_round: int) -> dict:
         "partition_id": 3,
         "phase": "train",
         "direction": "up",
-        "wire_bytes": 1000 + server_round,
+        "transport_bytes": 1000 + server_round,
         "status": "delivered",
     }
 
@@ -25,7 +25,7 @@ def message_row(server_round: int) -> dict:
 def round_row(server_round: int) -> dict:
     return {column: "" for column in ROUND_COLUMNS} | {
         "round": server_round,
-        "cum_bytes": 10 * server_round,
+        "cum_transport_bytes": 10 * server_round,
         "test_accuracy": 0.5,
     }
 
@@ -43,8 +43,8 @@ def test_stopped_run_leaves_complete_rows(tmp_path):
     messages = pd.read_csv(tmp_path / "run" / "bandwidth.csv")
     # Assert
     assert rounds["round"].tolist() == [1, 2, 3]
-    assert rounds["cum_bytes"].tolist() == [10, 20, 30]
-    assert messages["wire_bytes"].tolist()[:3] == [1001, 1002, 1003]
+    assert rounds["cum_transport_bytes"].tolist() == [10, 20, 30]
+    assert messages["transport_bytes"].tolist()[:3] == [1001, 1002, 1003]
     assert list(messages.columns) == list(BANDWIDTH_COLUMNS)
     assert json.loads((tmp_path / "run" / "run_config.json").read_text()) == {"seed": 1}
     assert not (tmp_path / "run" / "summary.json").exists()

@@ -2,37 +2,57 @@
 
 from __future__ import annotations
 
-import re
-
 from flower_app.recorder import BANDWIDTH_COLUMNS, ROUND_COLUMNS
 from flower_app.report import main, summarize
 
-# round, ..., test_accuracy, sim_time_s, wall_s (in recorder.ROUND_COLUMNS order)
+import pandas as pd
+
+# round, selected, delivered, up, down, cum up, cum down, cum (transport bytes), train_loss,
+# test_loss, test_accuracy, sim_time_s, wall_s; content bytes are half the transport bytes
 ROWS = [
-    "0,0,0,100,0,100,0,100,,2.3,0.10,{0.0},1.0",
-    "1,2,2,1000,4000,1100,4000,5100,1.0,1.5,0.55,{30.0},1.0",
-    "2,2,1,1000,4000,2100,8000,10100,0.8,1.0,0.72,{55.5},1.0",
-    "3,2,2,1000,4000,3100,12000,15100,0.6,0.9,0.70,{80.0},1.0",
+    (0, 0, 0, 100, 0, 100, 0, 100, "", 2.3, 0.10, 0.0, 1.0),
+    (1, 2, 2, 1000, 4000, 1100, 4000, 5100, 1.0, 1.5, 0.55, 30.0, 1.0),
+    (2, 2, 1, 1000, 4000, 2100, 8000, 10100, 0.8, 1.0, 0.72, 55.5, 1.0),
+    (3, 2, 2, 1000, 4000, 3100, 12000, 15100, 0.6, 0.9, 0.70, 80.0, 1.0),
 ]
-ROUNDS = "\n".join([",".join(ROUND_COLUMNS), *(r.replace("{", "").replace("}", "") for r in ROWS)])
-IDEAL_ROUNDS = "\n".join([",".join(ROUND_COLUMNS), *(re.sub(r"\{.*\}", "", r) for r in ROWS)])
-HEADER = ",".join(BANDWIDTH_COLUMNS)
-# uplink updates: 8000 dense bytes each sent in 500 wire bytes; one failed, one dropped
+
+
+def rounds_table(with_network: bool = True) -> pd.DataFrame:
+    names = ["round", "selected", "delivered", "up_transport_bytes", "down_transport_bytes"]
+    names += ["cum_up_transport_bytes", "cum_down_transport_bytes", "cum_transport_bytes"]
+    names += ["train_loss", "test_loss", "test_accuracy", "sim_time_s", "wall_s"]
+    table = pd.DataFrame(ROWS, columns=names)
+    for level in ("up", "down", "cum"):
+        table[f"{level}_content_bytes"] = table[f"{level}_transport_bytes"] // 2
+    if not with_network:
+        table["sim_time_s"] = ""
+    return table[list(ROUND_COLUMNS)]
+
+
+# uplink updates: 8000 dense bytes each, 450 payload, 500 content, 600 message and 1000
+# transport bytes; one failed, one dropped
+UPDATE = {"codec": "stc", "payload_bits": 3600, "content_bytes": 500, "message_bytes": 600}
+UPDATE |= {"transport_bytes": 1000, "requests": 9, "dense_bytes": 8000}
 MESSAGES = [
-    HEADER,
-    "1,0,train,up,stc,3600,500,466,8000,delivered,5.0,20.0",
-    "1,1,train,up,stc,3600,500,466,8000,delivered,5.0,30.0",
-    "2,0,train,up,stc,3600,500,466,8000,delivered,35.0,50.0",
-    "2,1,train,up,,0,0,,0,failed,,",
-    "3,0,train,up,stc,3600,500,466,8000,dropped,60.0,90.0",
-    "3,1,train,down,float32,64000,8300,8300,8000,delivered,55.5,57.0",
+    {"round": 1, "partition_id": 0, **UPDATE, "status": "delivered", "sim_start_s": 5.0, "sim_end_s": 20.0},
+    {"round": 1, "partition_id": 1, **UPDATE, "status": "delivered", "sim_start_s": 5.0, "sim_end_s": 30.0},
+    {"round": 2, "partition_id": 0, **UPDATE, "status": "delivered", "sim_start_s": 35.0, "sim_end_s": 50.0},
+    {"round": 2, "partition_id": 1, "transport_bytes": 2000, "status": "failed"},
+    {"round": 3, "partition_id": 0, **UPDATE, "status": "dropped", "sim_start_s": 60.0, "sim_end_s": 90.0},
 ]
+MESSAGES = [{"phase": "train", "direction": "up"} | row for row in MESSAGES]
+MESSAGES.append(
+    {"round": 3, "partition_id": 1, "phase": "train", "direction": "down", "codec": "float32",
+     "payload_bits": 64000, "content_bytes": 8300, "transport_bytes": 20000, "dense_bytes": 8000,
+     "status": "delivered"}
+)
 
 
-def make_run(folder, rounds=ROUNDS):
+def make_run(folder, with_network: bool = True):
     folder.mkdir()
-    (folder / "rounds.csv").write_text(rounds + "\n")
-    (folder / "bandwidth.csv").write_text("\n".join(MESSAGES) + "\n")
+    rounds_table(with_network).to_csv(folder / "rounds.csv", index=False)
+    messages = pd.DataFrame(MESSAGES).reindex(columns=list(BANDWIDTH_COLUMNS))
+    messages.fillna({"unused_payload_bits": 0}).to_csv(folder / "bandwidth.csv", index=False)
     return folder
 
 
@@ -45,8 +65,13 @@ def test_summary_of_a_hand_made_run(tmp_path):
         12000,
         15100,
     )
-    # 4 updates sent (the failed one is not): 32,000 dense bytes in 2,000 wire bytes
-    assert summary["uplink_compression"] == 16.0
+    assert summary["total_content_bytes"] == 15100 // 2
+    # 4 updates sent (the failed one is not): 32,000 dense bytes in 1,800 payload, 2,000
+    # content, 2,400 message and 4,000 transport bytes
+    assert summary["uplink_compression_payload"] == 32000 / 1800
+    assert summary["uplink_compression_content"] == 16.0
+    assert summary["uplink_compression_message"] == 32000 / 2400
+    assert summary["uplink_compression_transport"] == 8.0
     assert summary["updates_by_status"] == {"delivered": 3, "dropped": 1}
     assert summary["sim_time_s"] == 80.0
     # 0.72 >= 0.7 first in round 2
@@ -57,7 +82,7 @@ def test_summary_of_a_hand_made_run(tmp_path):
 
 
 def test_a_target_never_reached_and_no_network(tmp_path):
-    summary = summarize(make_run(tmp_path / "run", IDEAL_ROUNDS), target_accuracy=0.9)
+    summary = summarize(make_run(tmp_path / "run", with_network=False), target_accuracy=0.9)
     assert summary["sim_time_s"] is None
     assert summary["to_target_round"] is None
     assert summary["to_target_sim_time_s"] is None

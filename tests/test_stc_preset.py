@@ -19,6 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedcodec import stc
 from flower_app.config import parse
 from flower_app.recorder import Recorder
+from ledger.levels import down_transport_bytes
 from mods import keys
 from mods.stc_mod import stc_mod
 from strategies import StcFedAvg
@@ -127,8 +128,13 @@ def test_mod_passes_other_messages_through():
     assert set(reply.content[keys.ARRAYS]) == {"w", "b"}
 
 
-def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(flat_config, tmp_path):
-    # Prepare: 4 clients, 2 per round, STC both ways
+def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(
+    flat_config, tmp_path, monkeypatch
+):
+    # Prepare: 4 clients, 2 per round, STC both ways; a model of 25,005 weights (100 kB),
+    # large enough for a catch-up to travel cheaper than the dense model (each of its arrays
+    # costs two requests of about 1 kB)
+    monkeypatch.setitem(SHAPES, "w", (100, 250))
     flat_config.update({"strategy": "stc", "stc.p-up": 0.1, "stc.p-down": 0.05})
     strategy = StcFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
     grid = FakeGrid(4)
@@ -148,27 +154,27 @@ def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(flat_conf
             replies.append(reply)
         global_model, _ = strategy.aggregate_train(server_round, replies)
     # Assert: a client's first model is dense; later ones are STC catch-ups whenever that
-    # message is smaller than the dense one (on this 105-weight model, after one missed round)
+    # message travels cheaper than the dense one
     rows = [r for r in read_rows(strategy.recorder) if r["phase"] == "train"]
     down = [r for r in rows if r["direction"] == "down"]
-    dense_wire = {int(r["wire_bytes"]) for r in down if r["codec"] == "float32"}
+    dense_wire = {int(r["transport_bytes"]) for r in down if r["codec"] == "float32"}
     assert len(dense_wire) == 1
     first_seen: set[str] = set()
     for row in down:
         if row["partition_id"] not in first_seen:
             assert row["codec"] == "float32"
         elif row["codec"] == "stc":
-            assert int(row["wire_bytes"]) < min(dense_wire)
+            assert int(row["transport_bytes"]) < min(dense_wire)
         first_seen.add(row["partition_id"])
     assert any(row["codec"] == "stc" for row in down)
     assert all(r["codec"] == "stc" for r in rows if r["direction"] == "up")
-    assert all(int(r["wire_bytes"]) * 8 >= int(r["payload_bits"]) for r in rows)
+    assert all(int(r["content_bytes"]) * 8 >= int(r["payload_bits"]) for r in rows)
 
 
-@pytest.mark.parametrize(("missed", "expected"), [(1, "stc"), (10, "stc"), (400, "float32")])
+@pytest.mark.parametrize(("missed", "expected"), [(1, "stc"), (10, "float32"), (400, "float32")])
 def test_catch_up_or_dense_goes_by_the_bytes_that_travel(flat_config, tmp_path, missed, expected):
-    # Prepare: the logistic model (7,850 float32: 31,400 B of values, 31,680 B with its two
-    # .npy headers and keys); client 0 synced at round 0 and missed `missed` server deltas
+    # Prepare: the logistic model (7,850 float32: 31,400 B of values); client 0 synced at
+    # round 0 and missed `missed` server deltas
     flat_config.update({"strategy": "stc", "stc.p-down": 0.002})
     strategy = StcFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
     shapes = [(10, 784), (10,)]
@@ -183,12 +189,16 @@ def test_catch_up_or_dense_goes_by_the_bytes_that_travel(flat_config, tmp_path, 
     content, fields = strategy.downlink(missed + 1, "train", 0, arrays, ConfigRecord())
     # Assert
     assert fields["codec"] == expected
-    # A delta costs its payload plus three 128-byte .npy headers, 2 counts and 2 means
-    # (uint32, float32) and its keys "<r>.bits", "<r>.counts", "<r>.means" (>= 21 B): 421 B
-    # at least, so 400 of them (>= 168,400 B) lose to the dense 31,680 B, although their
-    # payload alone would win (the old rule compared payload bits)
+    # On Flower's transport a delta is 3 arrays ("<r>.bits", "<r>.counts", "<r>.means"), each
+    # an Array object and a chunk object pulled one request at a time: 6 pulls of at least
+    # 816 + 21 (path) + 2 + 89 (request) + 127 + 1 (response head) = 1,056 B before any
+    # content, 6,336 B a delta. The dense model is 8 objects (10 requests) around 31,400 B of
+    # values, under 46,000 B: one delta wins, ten (>= 63,360 B) lose, although their payload
+    # (about 10 x 16 x 33 bits) would win by far (the old rule compared payload bits).
+    dense = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord()})
+    assert 31_400 < down_transport_bytes(dense) < 46_000
     payload_bits = sum(delta.payload_bits for delta in strategy.deltas.values())
-    if missed == 400:
+    if expected == "float32":
         assert payload_bits < 8 * 31_400
         assert keys.ARRAYS in content
     else:

@@ -41,8 +41,8 @@ def model(value: float = 0.0) -> ArrayRecord:
     )
 
 
-def train_reply(msg: Message, value: float, examples: int = 10) -> Message:
-    metrics = MetricRecord({keys.TRAIN_LOSS: 0.5, keys.NUM_EXAMPLES: examples})
+def train_reply(msg: Message, value: float, examples: int = 10, loss: float = 0.5) -> Message:
+    metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: examples})
     return Message(RecordDict({keys.ARRAYS: model(value), keys.METRICS: metrics}), reply_to=msg)
 
 
@@ -102,7 +102,10 @@ def test_discovery_maps_nodes_to_partitions_and_logs_the_query(flat_config, tmp_
 def test_train_messages_are_measured_exactly(flat_config, tmp_path):
     strategy, grid, recorder = make_strategy(flat_config, tmp_path)
     messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
-    strategy.aggregate_train(1, [train_reply(m, 1.0) for m in messages])
+    # different updates and losses: an object equal to one pushed earlier in the round
+    # (tests/test_ledger.py) would not be pushed again
+    replies = [train_reply(m, 1.0 + i, loss=0.5 + i) for i, m in enumerate(messages)]
+    strategy.aggregate_train(1, replies)
     rows = [r for r in read_rows(recorder) if r["phase"] == "train"]
     assert len(rows) == 4  # 4 clients x fraction 0.5 = 2, each down and up
     for row in rows:

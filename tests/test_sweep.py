@@ -16,7 +16,8 @@ from flower_app.sweep import (
     to_markdown,
     write_comparison,
 )
-from tests.test_report import HEADER, ROUNDS
+from flower_app.recorder import BANDWIDTH_COLUMNS
+from tests.test_report import rounds_table
 
 SWEEP = """
 [sweep]
@@ -107,16 +108,12 @@ def test_a_missing_sweep_file(tmp_path):
 def make_run(folder, accuracy_scale=1.0, byte_scale=1):
     """A hand-made run: test_report's rounds, accuracies and bytes scaled."""
     folder.mkdir(parents=True)
-    lines = ROUNDS.splitlines()
-    rows = [lines[0]]
-    for line in lines[1:]:
-        cells = line.split(",")
-        for i in range(3, 8):  # up, down, cum up, cum down, cum bytes
-            cells[i] = str(int(cells[i]) // byte_scale)
-        cells[10] = str(round(float(cells[10]) * accuracy_scale, 6))
-        rows.append(",".join(cells))
-    (folder / "rounds.csv").write_text("\n".join(rows) + "\n")
-    (folder / "bandwidth.csv").write_text(HEADER + "\n")
+    rounds = rounds_table()
+    byte_columns = [column for column in rounds.columns if column.endswith("_bytes")]
+    rounds[byte_columns] = rounds[byte_columns] // byte_scale
+    rounds["test_accuracy"] = (rounds["test_accuracy"] * accuracy_scale).round(6)
+    rounds.to_csv(folder / "rounds.csv", index=False)
+    (folder / "bandwidth.csv").write_text(",".join(BANDWIDTH_COLUMNS) + "\n")
     return folder
 
 
