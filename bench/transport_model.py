@@ -73,7 +73,9 @@ def measure(name: str, model: str, supernodes: int, rounds: int, output: Path) -
             ),
             4,
         ),
-        "worst_node_ratio": round(float(whole["ratio"].iloc[(whole["ratio"] - 1).abs().argmax()]), 4),
+        "worst_node_ratio": round(
+            float(whole["ratio"].iloc[(whole["ratio"] - 1).abs().argmax()]), 4
+        ),
     }
     return rows, total
 

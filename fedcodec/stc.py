@@ -5,11 +5,13 @@ Per tensor: keep the k = ceil(p * N) largest magnitudes (never an exact zero), s
 
 - `bits` (uint8): per tensor, its Golomb-Rice position code then one sign bit per kept entry
   (1 = negative), all tensors back to back, packed with `np.packbits`;
-- `counts` (uint32, T): k of each tensor;
-- `means` (float32, T): mu of each tensor.
+- `header` (uint32, 2T): k of each tensor, then the float32 bit pattern of mu of each tensor.
 
-`payload_bits` is the exact content: the bit length of `bits` before padding, plus 32 bits per
-count and per mean. The receiver knows the model's shapes, so they do not travel; the Rice
+Counts and means travel as one array because on Flower's transport every array is objects and
+requests of its own (about 1 kB each), and because the counts alone would be equal across
+clients (exact top-k keeps ceil(p N) entries), an object that Flower may or may not send
+again depending on timing. `payload_bits` is the exact content: the bit length of `bits`
+before padding, plus 32 bits per count and per mean. The receiver knows the model's shapes, so they do not travel; the Rice
 parameter follows from k and N on both sides.
 """
 
@@ -23,6 +25,7 @@ from fedcodec.encoded import Encoded
 from fedcodec.golomb import gap_bits, read_gaps, rice_parameter
 
 HEADER_BITS_PER_TENSOR = 32 + 32  # one uint32 count, one float32 mean
+ARRAY_NAMES = ("bits", "header")
 
 
 def keep_count(size: int, p: float) -> int:
@@ -127,11 +130,10 @@ def encode(
         counts.append(positions.size)
         means.append(mean)
     bits = np.concatenate(streams) if streams else np.zeros(0, np.uint8)
-    arrays = {
-        "bits": np.packbits(bits),
-        "counts": np.asarray(counts, dtype=np.uint32),
-        "means": np.asarray(means, dtype=np.float32),
-    }
+    header = np.concatenate(
+        [np.asarray(counts, dtype=np.uint32), np.asarray(means, dtype=np.float32).view(np.uint32)]
+    )
+    arrays = {"bits": np.packbits(bits), "header": header}
     return Encoded(arrays, len(bits) + HEADER_BITS_PER_TENSOR * len(tensors))
 
 
@@ -148,9 +150,7 @@ def decode_arrays(
     The receiver needs no bit count: it walks the stream with the counts it was sent, and
     the padding of the last byte is never read.
     """
-    counts, means = arrays["counts"], arrays["means"]
-    if len(counts) != len(shapes) or len(means) != len(shapes):
-        raise ValueError(f"encoded update has {len(counts)} tensors, the model {len(shapes)}")
+    counts, means = counts_and_means(arrays, len(shapes))
     bits = np.unpackbits(np.asarray(arrays["bits"], dtype=np.uint8))
     tensors, offset = [], 0
     for shape, count, mean in zip(shapes, counts, means, strict=True):
@@ -164,6 +164,17 @@ def decode_arrays(
         flat[positions] = np.where(signs == 1, -mean, mean)
         tensors.append(flat.reshape(shape))
     return tensors, offset + HEADER_BITS_PER_TENSOR * len(shapes)
+
+
+def counts_and_means(arrays: dict[str, np.ndarray], tensors: int) -> tuple[np.ndarray, np.ndarray]:
+    """k and mu of each of `tensors` tensors, from the `header` array."""
+    header = np.asarray(arrays["header"])
+    if header.dtype != np.uint32 or header.shape != (2 * tensors,):
+        raise ValueError(
+            f"the STC header is {header.dtype} {header.shape}, not uint32 ({2 * tensors},) "
+            f"for a model of {tensors} tensors"
+        )
+    return header[:tensors], header[tensors:].view(np.float32)
 
 
 def compress(tensors: list[np.ndarray], p: float, **kwargs) -> list[np.ndarray]:

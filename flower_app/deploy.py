@@ -50,7 +50,6 @@ from flower_app.processes import (
 )
 from flower_app.simulation import parse_run_config
 
-
 TRANSPORT_COLUMNS = ["partition_id", "request", "requests", "up_bytes", "down_bytes"]
 
 
@@ -104,7 +103,8 @@ class Deployment:
             empty = (exchanges["request"] == "pull-messages") & (exchanges["down_body_bytes"] == 0)
             exchanges.loc[empty, "request"] = "poll"  # a pull that found no message
             per_request = exchanges.groupby("request", sort=True).agg(
-                requests=("path", "size"), up_bytes=("up_bytes", "sum"),
+                requests=("path", "size"),
+                up_bytes=("up_bytes", "sum"),
                 down_bytes=("down_bytes", "sum"),
             )
             rest = {
@@ -115,7 +115,9 @@ class Deployment:
                 rows.append({"partition_id": partition_id, "request": request, **row})
             if rest["up_bytes"] or rest["down_bytes"]:
                 leftover = "unparsed" if meter.parse_http else "tls"
-                rows.append({"partition_id": partition_id, "request": leftover, "requests": 0, **rest})
+                rows.append(
+                    {"partition_id": partition_id, "request": leftover, "requests": 0, **rest}
+                )
         return pd.DataFrame(rows, columns=TRANSPORT_COLUMNS)
 
     def _security(self) -> tuple[list[str], list[str], dict[str, Any]]:

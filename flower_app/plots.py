@@ -48,7 +48,9 @@ def plot_bytes_per_round(run_dir: Path) -> Path:
     figure, axis = plt.subplots(figsize=(8, 4.5))
     width = 0.4
     axis.bar(rounds["round"] - width / 2, rounds["up_transport_bytes"] / MB, width, label="uplink")
-    axis.bar(rounds["round"] + width / 2, rounds["down_transport_bytes"] / MB, width, label="downlink")
+    axis.bar(
+        rounds["round"] + width / 2, rounds["down_transport_bytes"] / MB, width, label="downlink"
+    )
     axis.set_xlabel("round")
     axis.set_ylabel("bytes per round (MB, transport)")
     axis.set_title(f"Bytes per round: {run_dir.name}")
@@ -101,8 +103,16 @@ def plot_comparison(folder: Path, run_dirs: dict[str, list[Path]]) -> list[Path]
     palette = plt.get_cmap("tab10" if len(means) <= 10 else "tab20")
     color = {name: palette(index % palette.N) for index, name in enumerate(means)}
     questions = [
-        ("cum_up_transport_bytes", "cumulative uplink (MB transport, log scale)", "accuracy_vs_uplink.png"),
-        ("cum_transport_bytes", "cumulative uplink + downlink (MB transport, log scale)", "accuracy_vs_total.png"),
+        (
+            "cum_up_transport_bytes",
+            "cumulative uplink (MB transport, log scale)",
+            "accuracy_vs_uplink.png",
+        ),
+        (
+            "cum_transport_bytes",
+            "cumulative uplink + downlink (MB transport, log scale)",
+            "accuracy_vs_total.png",
+        ),
     ]
     if any(rounds["sim_time_s"].notna().any() for rounds in means.values()):
         questions.append(("sim_time_s", "simulated time (s)", "accuracy_vs_sim_time.png"))

@@ -40,8 +40,10 @@ def check(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "partition_id": partition_id,
                 "direction": direction,
                 "messages": int(
-                    ((messages["partition_id"] == partition_id)
-                     & (messages["direction"] == direction)).sum()
+                    (
+                        (messages["partition_id"] == partition_id)
+                        & (messages["direction"] == direction)
+                    ).sum()
                 ),
                 "logged_transport_bytes": int(modelled),
                 "measured_bytes": int(measured["bytes"].sum()),
@@ -86,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     if not (args.run_dir / "transport.csv").is_file():
-        print(f"error: {args.run_dir} has no transport.csv (run it with make deploy)", file=sys.stderr)
+        print(
+            f"error: {args.run_dir} has no transport.csv (run it with make deploy)", file=sys.stderr
+        )
         return 2
     per_message, whole = check(args.run_dir)
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):

@@ -219,8 +219,10 @@ def canonical(message: Message) -> Message:
 
 def _without_content(message: Message) -> Message:
     """The message header as pulled or pushed: metadata, with the message id, no content."""
-    header = make_message(message.metadata, error=message.error) if message.has_error() else (
-        make_message(message.metadata, content=RecordDict())
+    header = (
+        make_message(message.metadata, error=message.error)
+        if message.has_error()
+        else (make_message(message.metadata, content=RecordDict()))
     )
     header.metadata.__dict__["_message_id"] = message.object_id
     return header

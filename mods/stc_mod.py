@@ -49,10 +49,7 @@ def receive_model(msg: Message, context: Context) -> dict[str, np.ndarray]:
         deltas = content.array_records[keys.DOWN]
         shapes = [value.shape for value in model.values()]
         for server_round in content[keys.CONFIG][keys.DOWN_ROUNDS]:
-            arrays = {
-                part: deltas[f"{server_round}.{part}"].numpy()
-                for part in ("bits", "counts", "means")
-            }
+            arrays = {part: deltas[f"{server_round}.{part}"].numpy() for part in stc.ARRAY_NAMES}
             decoded, _ = stc.decode_arrays(arrays, shapes)
             for name, value in zip(model, decoded, strict=True):
                 model[name] += value

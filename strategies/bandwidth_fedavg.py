@@ -405,7 +405,9 @@ class BandwidthFedAvg(FedAvg):
         messages = []
         for partition_id in chosen:
             content, fields = self.downlink(server_round, phase, partition_id, arrays, config)
-            message = Message(content, message_type=message_type, dst_node_id=self.node_of[partition_id])
+            message = Message(
+                content, message_type=message_type, dst_node_id=self.node_of[partition_id]
+            )
             self.ledger.sent(server_round, partition_id, phase, message, fields)
             messages.append(message)
         return messages

@@ -14,12 +14,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedcodec import stc
 from fedcodec.feedback import error_feedback_step
-from mods import keys
 from ledger.levels import down_transport_bytes
+from mods import keys
 from strategies.accounting import dense_bytes, dense_fields
 from strategies.coded import CodedFedAvg, DecodedUpdate
-
-STC_PARTS = ("bits", "counts", "means")
 
 
 class StcFedAvg(CodedFedAvg):
@@ -66,7 +64,7 @@ class StcFedAvg(CodedFedAvg):
             {
                 f"{r}.{part}": Array(self.deltas[r].arrays[part])
                 for r in missed
-                for part in STC_PARTS
+                for part in stc.ARRAY_NAMES
             }
         )
         return RecordDict({keys.DOWN: deltas, keys.CONFIG: client_config})
@@ -85,8 +83,8 @@ class StcFedAvg(CodedFedAvg):
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
     ) -> DecodedUpdate:
-        if set(arrays) != set(STC_PARTS):
-            raise ValueError(f"expected the STC arrays {', '.join(STC_PARTS)}")
+        if set(arrays) != set(stc.ARRAY_NAMES):
+            raise ValueError(f"expected the STC arrays {', '.join(stc.ARRAY_NAMES)}")
         tensors, bits = stc.decode_arrays(arrays, list(self._global_shapes.values()))
         return DecodedUpdate(tensors, bits, "stc")
 

@@ -170,9 +170,10 @@ def test_qsfl_uplink_is_the_scalars_of_all_candidates_and_the_segments_of_the_ch
         for row in uploads.itertuples():
             entries = 1309 if (row.partition_id + server_round) % 6 < 2 else 1308
             assert (row.content_bytes, row.payload_bits) == (236 + 4 * entries, 32 * entries)
-        assert rounds.loc[server_round, "up_content_bytes"] == 10 * 119 + uploads[
-            "content_bytes"
-        ].sum()
+        assert (
+            rounds.loc[server_round, "up_content_bytes"]
+            == 10 * 119 + uploads["content_bytes"].sum()
+        )
         assert rounds.loc[server_round, "delivered"] == 3
     segments = pd.read_csv(run_dir / "segments.csv")
     assert segments.groupby("round")["senders"].sum().tolist() == [3, 3]

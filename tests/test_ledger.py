@@ -97,7 +97,9 @@ def test_an_object_pushed_earlier_in_the_round_is_not_pushed_again():
 def test_http_messages_are_split_wherever_the_bytes_break():
     # Prepare: a request with a 5-byte body, then a chunked response (3 + 2 bytes)
     request = b"POST /v1/fleet/push-object HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello"
-    response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    response = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
     # Execute: byte by byte, and both requests at once
     one_by_one, both = HttpFrames(), HttpFrames()
     frames = [frame for byte in request for frame in one_by_one.feed(bytes([byte]))]

@@ -108,6 +108,23 @@ def test_client_timeline_is_down_then_compute_then_base_then_refinement():
     assert timeline == Timeline(3, 10.0, 12.0, 15.0, 23.0, 25.0)
 
 
+def test_each_request_of_a_message_waits_one_round_trip():
+    # Prepare: the links above with a 50 ms round trip; 10 requests down, 9 up
+    links = Links(
+        up=Channel(np.array([0.0]), np.array([1e6])),
+        down=Channel(np.array([0.0]), np.array([4e6])),
+        seconds_per_sample=0.002,
+        rtt_s=0.05,
+    )
+    transfer = Transfer(
+        3, 8_000_000, 1500, 10_000_000, refine_bits=2e6, up_requests=9, down_requests=10
+    )
+    # Execute
+    timeline = client_timeline(links, 10.0, transfer)
+    # Assert: down 2 + 0.5 s, compute 3 s, 0.45 s of round trips, base 8 s, refinement 2 s
+    assert timeline == Timeline(3, 10.0, 12.5, 15.5, 23.95, 25.95)
+
+
 def timeline(client: int, up_end: float, base_end: float | None = None) -> Timeline:
     return Timeline(client, 0.0, 1.0, 2.0, up_end if base_end is None else base_end, up_end)
 

@@ -179,7 +179,11 @@ def test_a_trace_without_some_client_fails_before_round_one(flat_config, tmp_pat
 
 @pytest.mark.parametrize(
     ("policy", "deadline", "status"),
-    [("partial", "between", "partial"), ("drop", "between", "dropped"), ("partial", "after", "delivered")],
+    [
+        ("partial", "between", "partial"),
+        ("drop", "between", "dropped"),
+        ("partial", "after", "delivered"),
+    ],
 )
 def test_a_late_refinement_leaves_the_base(quant_strategy, tmp_path, policy, deadline, status):  # noqa: F811
     # Prepare: one client a round (no other reply shares its objects), progressive 2 + 6 (the

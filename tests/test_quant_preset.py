@@ -10,11 +10,11 @@ from fedcodec import quant
 from fedcodec.quant import QuantSpec
 from flower_app.config import parse
 from flower_app.recorder import Recorder
+from ledger.levels import content_bytes, measure, message_bytes
 from mods import keys
 from mods.quant_mod import quant_mod, quantized_downlink, receive_model, spec_config
 from mods.size_mod import payload_size_mod
 from strategies import QuantFedAvg
-from ledger.levels import content_bytes, measure, message_bytes
 from tests.test_stc_preset import (
     SHAPES,
     context,

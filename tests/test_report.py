@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from flower_app.recorder import BANDWIDTH_COLUMNS, ROUND_COLUMNS
 from flower_app.report import main, summarize
-
-import pandas as pd
 
 # round, selected, delivered, up, down, cum up, cum down, cum (transport bytes), train_loss,
 # test_loss, test_accuracy, sim_time_s, wall_s; content bytes are half the transport bytes
@@ -34,17 +34,54 @@ def rounds_table(with_network: bool = True) -> pd.DataFrame:
 UPDATE = {"codec": "stc", "payload_bits": 3600, "content_bytes": 500, "message_bytes": 600}
 UPDATE |= {"transport_bytes": 1000, "requests": 9, "dense_bytes": 8000}
 MESSAGES = [
-    {"round": 1, "partition_id": 0, **UPDATE, "status": "delivered", "sim_start_s": 5.0, "sim_end_s": 20.0},
-    {"round": 1, "partition_id": 1, **UPDATE, "status": "delivered", "sim_start_s": 5.0, "sim_end_s": 30.0},
-    {"round": 2, "partition_id": 0, **UPDATE, "status": "delivered", "sim_start_s": 35.0, "sim_end_s": 50.0},
+    {
+        "round": 1,
+        "partition_id": 0,
+        **UPDATE,
+        "status": "delivered",
+        "sim_start_s": 5.0,
+        "sim_end_s": 20.0,
+    },
+    {
+        "round": 1,
+        "partition_id": 1,
+        **UPDATE,
+        "status": "delivered",
+        "sim_start_s": 5.0,
+        "sim_end_s": 30.0,
+    },
+    {
+        "round": 2,
+        "partition_id": 0,
+        **UPDATE,
+        "status": "delivered",
+        "sim_start_s": 35.0,
+        "sim_end_s": 50.0,
+    },
     {"round": 2, "partition_id": 1, "transport_bytes": 2000, "status": "failed"},
-    {"round": 3, "partition_id": 0, **UPDATE, "status": "dropped", "sim_start_s": 60.0, "sim_end_s": 90.0},
+    {
+        "round": 3,
+        "partition_id": 0,
+        **UPDATE,
+        "status": "dropped",
+        "sim_start_s": 60.0,
+        "sim_end_s": 90.0,
+    },
 ]
 MESSAGES = [{"phase": "train", "direction": "up"} | row for row in MESSAGES]
 MESSAGES.append(
-    {"round": 3, "partition_id": 1, "phase": "train", "direction": "down", "codec": "float32",
-     "payload_bits": 64000, "content_bytes": 8300, "transport_bytes": 20000, "dense_bytes": 8000,
-     "status": "delivered"}
+    {
+        "round": 3,
+        "partition_id": 1,
+        "phase": "train",
+        "direction": "down",
+        "codec": "float32",
+        "payload_bits": 64000,
+        "content_bytes": 8300,
+        "transport_bytes": 20000,
+        "dense_bytes": 8000,
+        "status": "delivered",
+    }
 )
 
 

@@ -39,8 +39,11 @@ def test_sixteen_element_tensor_exact_bits_by_hand():
     # Assert
     assert encoded.payload_bits == 77
     assert encoded.arrays["bits"].nbytes == 2  # 13 bits packed into 2 bytes
-    assert encoded.arrays["counts"].tolist() == [3]
-    assert encoded.arrays["means"].tolist() == [4.0]  # (4 + 2 + 6) / 3
+    counts, means = stc.counts_and_means(encoded.arrays, 1)
+    assert counts.tolist() == [3]
+    assert means.tolist() == [4.0]  # (4 + 2 + 6) / 3
+    # one header array: the count, then the float32 bits of the mean (4.0 = 0x40800000)
+    assert encoded.arrays["header"].tolist() == [3, 0x40800000]
     (decoded,) = stc.decode(encoded, [(16,)])
     expected = np.zeros(16, np.float32)
     expected[[2, 5, 13]] = [4.0, -4.0, 4.0]
@@ -51,7 +54,7 @@ def test_edge_cases():
     zero, bias = np.zeros(50, np.float32), np.linspace(-1, 1, 10).astype(np.float32)
     encoded = stc.encode([zero, bias], p=0.01)
     # all-zero tensor sends nothing but its header; the 10-element bias keeps ceil(0.1) = 1
-    assert encoded.arrays["counts"].tolist() == [0, 1]
+    assert stc.counts_and_means(encoded.arrays, 2)[0].tolist() == [0, 1]
     decoded_zero, decoded_bias = stc.decode(encoded, [(50,), (10,)])
     assert not decoded_zero.any()
     assert np.count_nonzero(decoded_bias) == 1 and abs(decoded_bias).max() == 1.0
@@ -75,7 +78,8 @@ def test_properties_exact_top_k(x, p):
     original = x.copy()
     encoded = stc.encode([x], p)
     (decoded,) = stc.decode(encoded, [x.shape])
-    k, mean = int(encoded.arrays["counts"][0]), encoded.arrays["means"][0]
+    counts, means = stc.counts_and_means(encoded.arrays, 1)
+    k, mean = int(counts[0]), means[0]
     np.testing.assert_array_equal(x, original)  # input never mutated
     assert set(np.unique(decoded)) <= {-mean, np.float32(0), mean}
     if np.abs(x).max() > 0:
@@ -111,7 +115,7 @@ def test_approximate_top_k_same_seed_same_bytes():
     again = stc.encode([x], p=0.01, approx=0.1, rng=np.random.default_rng(5))
     assert first.payload_bits == again.payload_bits
     np.testing.assert_array_equal(first.arrays["bits"], again.arrays["bits"])
-    kept = int(first.arrays["counts"][0])
+    kept = int(stc.counts_and_means(first.arrays, 1)[0][0])
     assert 0.8 * 2000 < kept < 1.2 * 2000  # a sampled threshold: close to k, not exactly k
 
 
@@ -119,7 +123,7 @@ def test_approximate_top_k_falls_back_to_exact_when_degenerate():
     x = np.zeros(100_000, np.float32)
     x[:50] = 1.0  # a random sample of 10% almost surely holds only zeros -> threshold 0
     encoded = stc.encode([x], p=0.0005, approx=0.1, rng=np.random.default_rng(0))
-    assert encoded.arrays["counts"].tolist() == [50]
+    assert stc.counts_and_means(encoded.arrays, 1)[0].tolist() == [50]
 
 
 @settings(max_examples=40, deadline=None)

@@ -84,9 +84,9 @@ def test_mod_compresses_the_update_and_keeps_the_residual():
     start = model(0)
     msg = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: stc_config()}))
     reply = stc_mod(msg, ctx, trainer(step, seen))
-    arrays = {p: reply.content[keys.ARRAYS][p].numpy() for p in ("bits", "counts", "means")}
+    arrays = {p: reply.content[keys.ARRAYS][p].numpy() for p in stc.ARRAY_NAMES}
     # 10% of 100 and of 5 entries: 10 and 1 kept
-    assert arrays["counts"].tolist() == [10, 1]
+    assert stc.counts_and_means(arrays, 2)[0].tolist() == [10, 1]
     sent, _ = stc.decode_arrays(arrays, list(SHAPES.values()))
     residual = ctx.state[keys.STATE_RESIDUAL]
     for (name, value), decoded in zip(step.items(), sent, strict=True):
@@ -101,11 +101,7 @@ def test_mod_applies_catch_up_deltas_to_its_own_copy():
     stc_mod(first, ctx, trainer(model(1), seen))
     deltas = {r: stc.encode(list(model(10 + r).values()), p=0.2) for r in (1, 2)}
     down = ArrayRecord(
-        {
-            f"{r}.{p}": Array(e.arrays[p])
-            for r, e in deltas.items()
-            for p in ("bits", "counts", "means")
-        }
+        {f"{r}.{p}": Array(e.arrays[p]) for r, e in deltas.items() for p in stc.ARRAY_NAMES}
     )
     config = stc_config(**{keys.SERVER_ROUND: 3, keys.DOWN_ROUNDS: [1, 2]})
     stc_mod(
@@ -189,12 +185,13 @@ def test_catch_up_or_dense_goes_by_the_bytes_that_travel(flat_config, tmp_path, 
     content, fields = strategy.downlink(missed + 1, "train", 0, arrays, ConfigRecord())
     # Assert
     assert fields["codec"] == expected
-    # On Flower's transport a delta is 3 arrays ("<r>.bits", "<r>.counts", "<r>.means"), each
-    # an Array object and a chunk object pulled one request at a time: 6 pulls of at least
+    # On Flower's transport a delta is 2 arrays ("<r>.bits", "<r>.header"), each an Array
+    # object and a chunk object pulled one request at a time: 4 pulls of at least
     # 816 + 21 (path) + 2 + 89 (request) + 127 + 1 (response head) = 1,056 B before any
-    # content, 6,336 B a delta. The dense model is 8 objects (10 requests) around 31,400 B of
-    # values, under 46,000 B: one delta wins, ten (>= 63,360 B) lose, although their payload
-    # (about 10 x 16 x 33 bits) would win by far (the old rule compared payload bits).
+    # content, 4,224 B a delta. The dense model is 8 objects (10 requests) around 31,400 B of
+    # values, under 46,000 B: one delta wins, ten (>= 42,240 B, with their content and
+    # message headers more than the dense model) lose, although their payload (about
+    # 10 x 16 x 33 bits) would win by far (the old rule compared payload bits).
     dense = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord()})
     assert 31_400 < down_transport_bytes(dense) < 46_000
     payload_bits = sum(delta.payload_bits for delta in strategy.deltas.values())

@@ -263,7 +263,10 @@ def test_round_row_sums_bytes_of_all_phases(flat_config, tmp_path):
     assert (row["up_content_bytes"], row["down_content_bytes"]) == (2 * UP_WIRE, 2 * DOWN_WIRE)
     assert row["cum_content_bytes"] == 4 * 42 + 2 * (UP_WIRE + DOWN_WIRE)
     rows = read_rows(recorder)
-    sent = {d: sum(int(r["transport_bytes"]) for r in rows if r["direction"] == d) for d in "up down".split()}
+    sent = {
+        d: sum(int(r["transport_bytes"]) for r in rows if r["direction"] == d)
+        for d in ["up", "down"]
+    }
     assert row["cum_up_transport_bytes"] == sent["up"]
     assert row["cum_transport_bytes"] == sent["up"] + sent["down"]
     assert [r["round"] for r in read_rows(recorder, "rounds.csv")] == ["0", "1"]

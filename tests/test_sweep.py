@@ -8,6 +8,7 @@ import pytest
 
 from flower_app import simulation
 from flower_app.config import ConfigError
+from flower_app.recorder import BANDWIDTH_COLUMNS
 from flower_app.sweep import (
     baseline_runs,
     compare,
@@ -16,7 +17,6 @@ from flower_app.sweep import (
     to_markdown,
     write_comparison,
 )
-from flower_app.recorder import BANDWIDTH_COLUMNS
 from tests.test_report import rounds_table
 
 SWEEP = """
