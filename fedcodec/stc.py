@@ -11,8 +11,8 @@ Counts and means travel as one array because on Flower's transport every array i
 requests of its own (about 1 kB each), and because the counts alone would be equal across
 clients (exact top-k keeps ceil(p N) entries), an object that Flower may or may not send
 again depending on timing. `payload_bits` is the exact content: the bit length of `bits`
-before padding, plus 32 bits per count and per mean. The receiver knows the model's shapes, so they do not travel; the Rice
-parameter follows from k and N on both sides.
+before padding, plus 32 bits per count and per mean. The receiver knows the model's shapes,
+so they do not travel; the Rice parameter follows from k and N on both sides.
 """
 
 from __future__ import annotations

@@ -204,12 +204,12 @@ def canonical(message: Message) -> Message:
     """`message` with its random run, node and task ids set to `CANONICAL_ID`."""
     proto = metadata_to_proto(message.metadata)
     proto.run_id = CANONICAL_ID
-    for field in ("src_node_id", "dst_node_id"):
-        if getattr(proto, field) != SUPERLINK_NODE_ID:
-            setattr(proto, field, CANONICAL_ID)
-    for field in ("src_task_id", "dst_task_id"):
-        if proto.HasField(field):
-            setattr(proto, field, CANONICAL_ID)
+    for name in ("src_node_id", "dst_node_id"):
+        if getattr(proto, name) != SUPERLINK_NODE_ID:
+            setattr(proto, name, CANONICAL_ID)
+    for name in ("src_task_id", "dst_task_id"):
+        if proto.HasField(name):
+            setattr(proto, name, CANONICAL_ID)
     if proto.reply_to_message_id:  # a simulation's ids are uuids; on the transport, sha256 hex
         proto.reply_to_message_id = REPLY_TO_ID
     if message.has_error():
