@@ -8,7 +8,8 @@ logged content and transport bytes, the measured bytes of the exchanges that car
 and their ratio; then, per experiment, the per-run costs and logged + per-run over all TCP
 bytes. Targets (issue 16): messages within 5%, the whole within 2%.
 
-    python bench/transport_model.py [--supernodes 3] [--rounds 3] [--models logistic cnn]
+    python bench/transport_model.py [--supernodes 3] [--rounds 3] [--local-steps 10]
+                                    [--models logistic cnn] [--strategies fedavg stc ...]
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ STRATEGIES = {
 }
 
 
-def measure(name: str, model: str, supernodes: int, rounds: int, output: Path) -> tuple:
+def measure(name: str, model: str, args: argparse.Namespace) -> tuple:
     """Deploy and run one experiment; its per-direction and whole-run rows."""
+    supernodes, output = args.supernodes, args.output
     overrides = STRATEGIES[name] | {
         "model": model,
-        "num-server-rounds": rounds,
+        "num-server-rounds": args.rounds,
+        "local-steps": args.local_steps,
         "fraction-train": 1.0,
         "output-dir": str(output),
         "run-name": f"{name.replace(' ', '-')}-{model}",
@@ -84,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supernodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--models", nargs="+", default=["logistic", "cnn"])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--output", type=Path, default=Path("outputs/transport-model"))
@@ -91,7 +95,7 @@ def main() -> None:
     directions, totals = [], []
     for model in args.models:
         for name in args.strategies:
-            rows, total = measure(name, model, args.supernodes, args.rounds, args.output)
+            rows, total = measure(name, model, args)
             directions += rows
             totals.append(total)
             print(to_markdown(pd.DataFrame(rows)), flush=True)

@@ -3,10 +3,11 @@
 Every process listens on a free loopback port and keeps its state in a Flower home of its own
 under `.flwr/deploy-*/`; SuperNode i gets the node config `partition-id=i num-partitions=N`.
 The experiment runs with `flwr run .` over an explicit connection (never Flower's default
-one) and writes the usual run folder, plus `transport.csv`: per SuperNode, the bytes its TCP
-connections to the SuperLink carried each way over the whole run (counted by a forwarder
-between the two). Every process is stopped by pid when the run ends, fails, or is interrupted
-(Ctrl-C, SIGTERM).
+one) and writes the usual run folder, plus `transport.csv`: per SuperNode and kind of HTTP
+request, the bytes its TCP connections to the SuperLink carried each way over the whole run
+(counted by a forwarder between the two), which it sets against the transport bytes that
+bandwidth.csv logged (flower_app.transport_check). Every process is stopped by pid when the
+run ends, fails, or is interrupted (Ctrl-C, SIGTERM).
 
     python -m flower_app.deploy --supernodes 3 --run-config "model='logistic'"
     python -m flower_app.deploy --supernodes 3 --tls          # TLS end to end
@@ -49,6 +50,7 @@ from flower_app.processes import (
     stop_trees,
 )
 from flower_app.simulation import parse_run_config
+from flower_app.transport_check import print_check
 
 TRANSPORT_COLUMNS = ["partition_id", "request", "requests", "up_bytes", "down_bytes"]
 
@@ -176,6 +178,8 @@ def run_deployed(
         deployment.stop()
     deployment.transport_bytes().to_csv(run_dir / "transport.csv", index=False)
     remove_home(deployment.home)  # kept when the run failed: its logs are there
+    if not tls:
+        print_check(run_dir)
     return run_dir
 
 

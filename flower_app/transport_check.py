@@ -83,7 +83,7 @@ def check(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print both tables of `check`."""
+    """Command line: print both tables of `check` for a deployed run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
@@ -92,12 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {args.run_dir} has no transport.csv (run it with make deploy)", file=sys.stderr
         )
         return 2
-    per_message, whole = check(args.run_dir)
+    print_check(args.run_dir)
+    return 0
+
+
+def print_check(run_dir: Path) -> None:
+    """Print both tables of `check`."""
+    per_message, whole = check(run_dir)
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         print(per_message.to_string(index=False))
         print()
         print(whole.to_string(index=False))
-    return 0
 
 
 if __name__ == "__main__":

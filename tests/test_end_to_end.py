@@ -115,9 +115,9 @@ def test_same_seed_gives_identical_logs(tmp_path):
     quant = (
         "strategy='quant' quant.scheme='progressive' quant.stochastic=true "
         "quant.refine-loss=0.5 quant.down-bits=8 quant.error-feedback=true "
-        "net.channel='random-walk' net.policy='partial' net.deadline-s=3.0 "
-        "net.seconds-per-sample=1e-4 net.min-bps=1e4 net.max-bps=1e5 "
-        "net.change-low-bps=-2e4 net.change-high-bps=2e4"
+        "net.channel='random-walk' net.policy='partial' net.deadline-s=0.8 "
+        "net.seconds-per-sample=1e-4 net.min-bps=1e5 net.max-bps=1e6 "
+        "net.change-low-bps=-2e5 net.change-high-bps=2e5"
     )
     folders = []
     for name in ("first", "second"):
