@@ -44,7 +44,11 @@ def measure(name: str, model: str, args: argparse.Namespace) -> tuple:
         "output-dir": str(output),
         "run-name": f"{name.replace(' ', '-')}-{model}",
     }
-    run_dir = run_deployed(overrides, supernodes)
+    return rows_of(run_deployed(overrides, supernodes), f"{name}, {model}")
+
+
+def rows_of(run_dir: Path, label: str) -> tuple[list[dict], dict]:
+    """A deployed run's rows: per message direction (summed over nodes), and the whole."""
     per_message, whole = check(run_dir)
     messages = pd.read_csv(run_dir / "bandwidth.csv")
     content = messages.groupby("direction")["content_bytes"].sum()
@@ -53,34 +57,32 @@ def measure(name: str, model: str, args: argparse.Namespace) -> tuple:
         logged, measured = group["logged_transport_bytes"].sum(), group["measured_bytes"].sum()
         rows.append(
             {
-                "run": f"{name}, {model}",
+                "run": label,
                 "direction": direction,
                 "messages": int(group["messages"].sum()),
                 "content_bytes": int(content[direction]),
                 "logged_transport_bytes": int(logged),
                 "measured_bytes": int(measured),
-                "ratio": round(logged / measured, 4),
-                "worst_node_ratio": round(
-                    float(group["ratio"].iloc[(group["ratio"] - 1).abs().argmax()]), 4
-                ),
+                "ratio": f"{logged / measured:.4f}",
+                "worst_node_ratio": f"{_worst(group['ratio']):.4f}",
             }
         )
     total = {
-        "run": f"{name}, {model}",
+        "run": label,
         "per_run_bytes": int(whole["per_run_bytes"].sum()),
         "measured_tcp_bytes": int(whole["measured_tcp_bytes"].sum()),
-        "logged_plus_per_run_ratio": round(
-            float(
-                (whole["logged_transport_bytes"].sum() + whole["per_run_bytes"].sum())
-                / whole["measured_tcp_bytes"].sum()
-            ),
-            4,
+        "logged_plus_per_run_ratio": "{:.4f}".format(
+            (whole["logged_transport_bytes"].sum() + whole["per_run_bytes"].sum())
+            / whole["measured_tcp_bytes"].sum()
         ),
-        "worst_node_ratio": round(
-            float(whole["ratio"].iloc[(whole["ratio"] - 1).abs().argmax()]), 4
-        ),
+        "worst_node_ratio": f"{_worst(whole['ratio']):.4f}",
     }
     return rows, total
+
+
+def _worst(ratios: pd.Series) -> float:
+    """The ratio farthest from 1."""
+    return float(ratios.iloc[(ratios - 1).abs().argmax()])
 
 
 def main() -> None:

@@ -1,21 +1,12 @@
-"""Byte accounting for Flower messages: what a message carries, and the dense baseline."""
+"""Payload and dense sizes of the arrays a message carries (the levels above: ledger.levels)."""
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord
 
 FLOAT32_BYTES = 4
 DENSE_CODEC = "float32"
-
-
-def wire_bytes(content: RecordDict) -> int:
-    """Bytes the message content carries, as Flower counts them (`count_bytes` per record).
-
-    For an ArrayRecord this is each array's serialized bytes (the `.npy` buffer, header
-    included) plus its key; for Config/MetricRecords, the values and keys.
-    """
-    return sum(record.count_bytes() for record in content.values())
 
 
 def payload_bits(arrays: ArrayRecord) -> int:
