@@ -35,6 +35,7 @@ import numpy as np
 
 from fedcodec import quant_kernels as kernels
 from fedcodec.bitpack import pack_codes, unpack_codes
+from fedcodec.checks import DecodeError, decoder, expect_names, typed
 from fedcodec.encoded import Encoded
 from fedcodec.flat import unflatten
 
@@ -48,6 +49,7 @@ SCHEMES = tuple(ARRAYS)
 CODE_BITS = 8  # the widest code a scheme may use per entry
 SCALE_HEADER_BITS = 32 + 32  # float32 low + float32 step per tensor
 OFFSET_HEADER_BITS = 32  # int32 exponent offset per tensor
+OFFSETS = (-275, 128)  # offsets whose 2**(126 + offset) is a float32 power of two (or 2**128)
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,18 @@ def decode(encoded: Encoded, shapes: list[tuple[int, ...]], spec: QuantSpec) -> 
     return decode_arrays(encoded.arrays, shapes, spec)[0]
 
 
+@decoder
 def decode_arrays(
     arrays: dict[str, np.ndarray], shapes: list[tuple[int, ...]], spec: QuantSpec
 ) -> tuple[list[np.ndarray], int]:
     """Decode the arrays that arrived; return the tensors and the exact payload bits used.
 
-    A progressive update without its `refine` array decodes from the base alone.
+    A progressive update without its `refine` array decodes from the base alone. Raises
+    DecodeError for malformed arrays.
     """
+    names = ARRAYS[spec.scheme]
+    if not set(names) - set(spec.refined_arrays) <= set(arrays) <= set(names):
+        expect_names(arrays, names, f"{spec.scheme} quantized")
     sizes = [math.prod(shape) for shape in shapes]
     count = sum(sizes)
     if spec.scheme == "fixed":
@@ -168,7 +175,9 @@ def decode_arrays(
     if spec.scheme == "float":
         width = 1 + spec.exponent_bits + spec.mantissa_bits
         codes = unpack_codes(_get(arrays, "codes"), width, count)
-        offsets = _header(arrays, "offsets", len(shapes))
+        offsets = typed(arrays, "offsets", np.int32, len(shapes))
+        if offsets.size and not (OFFSETS[0] <= offsets.min() and offsets.max() <= OFFSETS[1]):
+            raise DecodeError(f"'offsets' {offsets.tolist()} outside {OFFSETS[0]}..{OFFSETS[1]}")
         values = _float_values(codes, offsets, sizes, spec.exponent_bits, spec.mantissa_bits)
         return unflatten(values, shapes), count * width + OFFSET_HEADER_BITS * len(shapes)
     lows, steps = _header(arrays, "lows", len(shapes)), _header(arrays, "steps", len(shapes))
@@ -180,7 +189,7 @@ def decode_arrays(
         levels = unpack_codes(_get(arrays, "base"), spec.base_bits, count)
         scale, bits = 1 << spec.refine_bits, count * spec.base_bits
         if "refine" in arrays:
-            refine = unpack_codes(arrays["refine"], spec.refine_bits, count)
+            refine = unpack_codes(_stream(arrays, "refine", 0), spec.refine_bits, count)
             bits += count * spec.refine_bits
     # a whole code is c * 1 + 0; a base alone decodes to the middle of its 2**r codes
     middle = np.float32(0.0 if spec.scheme == "uniform" else (scale - 1) / 2)
@@ -322,20 +331,17 @@ def _power_of_two(exponent: int) -> tuple[np.float32, np.float32]:
 
 
 def _get(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
-    if name not in arrays:
-        raise ValueError(f"the quantized update lacks its '{name}' array")
-    return np.asarray(arrays[name])
+    """A packed code stream (uint8)."""
+    return typed(arrays, name, np.uint8)
 
 
 def _stream(arrays: dict[str, np.ndarray], name: str, bits: int) -> np.ndarray:
     values = _get(arrays, name)
     if values.size * 8 < bits:
-        raise ValueError(f"'{name}' holds {values.size * 8} bits; {bits} expected")
+        raise DecodeError(f"'{name}' holds {values.size * 8} bits; {bits} expected")
     return values
 
 
 def _header(arrays: dict[str, np.ndarray], name: str, tensors: int) -> np.ndarray:
-    values = _get(arrays, name)
-    if values.shape != (tensors,):
-        raise ValueError(f"'{name}' has shape {values.shape}; the model has {tensors} tensors")
-    return values
+    """A float32 value per tensor (lows, steps)."""
+    return typed(arrays, name, np.float32, tensors)

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from fedcodec.checks import decoder, expect_names, typed
 from fedcodec.encoded import Encoded
 from fedcodec.golomb import gap_bits, read_gaps, rice_parameter
 
@@ -142,16 +143,18 @@ def decode(encoded: Encoded, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
     return decode_arrays(encoded.arrays, shapes)[0]
 
 
+@decoder
 def decode_arrays(
     arrays: dict[str, np.ndarray], shapes: list[tuple[int, ...]]
 ) -> tuple[list[np.ndarray], int]:
     """Decode the travelling arrays; return the tensors and the exact payload bits read.
 
     The receiver needs no bit count: it walks the stream with the counts it was sent, and
-    the padding of the last byte is never read.
+    the padding of the last byte is never read. Raises DecodeError for malformed arrays.
     """
+    expect_names(arrays, ARRAY_NAMES, "STC")
     counts, means = counts_and_means(arrays, len(shapes))
-    bits = np.unpackbits(np.asarray(arrays["bits"], dtype=np.uint8))
+    bits = np.unpackbits(typed(arrays, "bits", np.uint8))
     tensors, offset = [], 0
     for shape, count, mean in zip(shapes, counts, means, strict=True):
         size, count = math.prod(shape), int(count)
@@ -168,12 +171,7 @@ def decode_arrays(
 
 def counts_and_means(arrays: dict[str, np.ndarray], tensors: int) -> tuple[np.ndarray, np.ndarray]:
     """k and mu of each of `tensors` tensors, from the `header` array."""
-    header = np.asarray(arrays["header"])
-    if header.dtype != np.uint32 or header.shape != (2 * tensors,):
-        raise ValueError(
-            f"the STC header is {header.dtype} {header.shape}, not uint32 ({2 * tensors},) "
-            f"for a model of {tensors} tensors"
-        )
+    header = typed(arrays, "header", np.uint32, 2 * tensors)
     return header[:tensors], header[tensors:].view(np.float32)
 
 

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from fedcodec.checks import DecodeError, decoder, expect_names, typed
 from fedcodec.encoded import Encoded
 from fedcodec.stc import read_positions, sparsify
 
@@ -45,18 +46,20 @@ def encode(tensors: list[np.ndarray], p: float) -> Encoded:
     return Encoded(arrays, len(bits) + 32 * len(tensors) + 32 * sum(counts))
 
 
+@decoder
 def decode_arrays(
     arrays: dict[str, np.ndarray], shapes: list[tuple[int, ...]]
 ) -> tuple[list[np.ndarray], int]:
-    """Rebuild the sparse tensors (float32); return them and the exact payload bits read."""
-    if set(arrays) != set(ARRAY_NAMES):
-        raise ValueError(f"expected the top-k arrays {', '.join(ARRAY_NAMES)}")
-    counts, values = arrays["counts"], np.asarray(arrays["values"], dtype=np.float32)
-    if len(counts) != len(shapes):
-        raise ValueError(f"encoded update has {len(counts)} tensors, the model {len(shapes)}")
-    if int(counts.sum()) != values.size:
-        raise ValueError(f"{values.size} values for {int(counts.sum())} positions")
-    bits = np.unpackbits(np.asarray(arrays["bits"], dtype=np.uint8))
+    """Rebuild the sparse tensors (float32); return them and the exact payload bits read.
+
+    Raises DecodeError for malformed arrays.
+    """
+    expect_names(arrays, ARRAY_NAMES, "top-k")
+    counts = typed(arrays, "counts", np.uint32, len(shapes))
+    values = typed(arrays, "values", np.float32)
+    if int(counts.sum(dtype=np.int64)) != values.size:
+        raise DecodeError(f"{values.size} values for {int(counts.sum(dtype=np.int64))} positions")
+    bits = np.unpackbits(typed(arrays, "bits", np.uint8))
     tensors, offset, start = [], 0, 0
     for shape, count in zip(shapes, counts, strict=True):
         size, count = math.prod(shape), int(count)

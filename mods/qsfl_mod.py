@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec import quant, topk
+from fedcodec.checks import decoder, typed
 from fedcodec.encoded import Encoded
 from fedcodec.flat import flatten
 from fedcodec.quant import QuantSpec
@@ -100,18 +101,19 @@ def encode_segment(
     return Encoded({"values": values.astype(np.float32)}, 32 * values.size)
 
 
+@decoder
 def decode_segment(
     arrays: dict[str, np.ndarray], size: int, spec: QuantSpec | None = None
 ) -> tuple[np.ndarray, int]:
-    """Inverse of `encode_segment`: the segment's `size` values and the payload bits read."""
+    """Inverse of `encode_segment`: the segment's `size` values and the payload bits read.
+
+    Raises DecodeError for malformed arrays.
+    """
     if spec is not None:
         (values,), bits = quant.decode_arrays(arrays, [(size,)], spec)
         return values, bits
     if set(arrays) == {"values"}:
-        values = np.asarray(arrays["values"], dtype=np.float32)
-        if values.shape != (size,):
-            raise ValueError(f"segment has {values.size} values, expected {size}")
-        return values, 32 * size
+        return typed(arrays, "values", np.float32, size), 32 * size
     (values,), bits = topk.decode_arrays(arrays, [(size,)])
     return values, bits
 

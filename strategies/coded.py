@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
+from fedcodec.checks import DecodeError
 from mods import keys
 from strategies.accounting import FLOAT32_BYTES
 from strategies.bandwidth_fedavg import BandwidthFedAvg, metrics_problem
@@ -38,7 +39,7 @@ class CodedFedAvg(BandwidthFedAvg):
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
     ) -> DecodedUpdate:
-        """Decode one reply's arrays; raise ValueError when they do not decode."""
+        """Decode one reply's arrays; raise DecodeError (fedcodec.checks) when they do not."""
         raise NotImplementedError
 
     def apply_update(self, server_round: int, mean: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -56,7 +57,7 @@ class CodedFedAvg(BandwidthFedAvg):
                 self._partition(reply),
                 {name: array.numpy() for name, array in arrays.items()},
             )
-        except ValueError as error:
+        except DecodeError as error:
             return f"undecodable update: {error}"
         if not all(np.isfinite(t).all() for t in decoded.tensors):
             return "NaN or inf in the update"

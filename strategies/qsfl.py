@@ -25,6 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common import log
 from flwr.serverapp import Grid
 
+from fedcodec.checks import DecodeError
 from fedcodec.flat import unflatten
 from fedcodec.segments import average_segments, segment_bounds, segment_id
 from mods import keys
@@ -223,7 +224,7 @@ class QsflFedAvg(CodedFedAvg):
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
     ) -> DecodedUpdate:
         if partition_id not in self._segments:
-            raise ValueError("no segment was asked of this client")
+            raise DecodeError("no segment was asked of this client")
         start, stop = self._bounds()[self._segments[partition_id]]
         values, bits = decode_segment(arrays, stop - start, self.spec)
         codec = self.spec.label if self.spec else "topk" if self.settings.top_p < 1 else "float32"

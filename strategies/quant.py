@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcodec import quant
+from fedcodec.checks import expect_names
 from ledger.levels import pushed_objects_bytes
 from mods import keys
 from mods.quant_mod import quantized_downlink, spec_config
@@ -74,9 +75,7 @@ class QuantFedAvg(CodedFedAvg):
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
     ) -> DecodedUpdate:
-        expected = set(quant.array_names(self.spec))
-        if set(arrays) != expected:
-            raise ValueError(f"expected the arrays {', '.join(sorted(expected))}")
+        expect_names(arrays, quant.array_names(self.spec), self.spec.label)
         status, unused_bits = "delivered", 0
         shapes = list(self._global_shapes.values())
         if self.spec.refined_arrays and self._refinement_lost(server_round, partition_id):

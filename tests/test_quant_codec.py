@@ -12,6 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from fedcodec import quant
 from fedcodec.bitpack import pack_codes, unpack_codes
+from fedcodec.checks import DecodeError
 from fedcodec.quant import QuantSpec
 
 UNIFORM8 = QuantSpec("uniform", bits=8)
@@ -229,11 +230,14 @@ def test_bad_specs_are_refused(spec, message):
 
 def test_decoding_checks_what_arrived():
     encoded = quant.encode([np.ones(3, np.float32)], UNIFORM8)
-    with pytest.raises(ValueError, match="'lows' has shape"):
+    with pytest.raises(DecodeError, match="'lows' has 1 entries; expected 2"):
         quant.decode_arrays(encoded.arrays, [(1,), (2,)], UNIFORM8)
-    with pytest.raises(ValueError, match="cannot hold"):
+    with pytest.raises(DecodeError, match="cannot hold"):
         quant.decode_arrays(encoded.arrays, [(30,)], UNIFORM8)
-    with pytest.raises(ValueError, match="lacks its 'base'"):
+    as_float64 = encoded.arrays | {"lows": encoded.arrays["lows"].astype(np.float64)}
+    with pytest.raises(DecodeError, match="'lows' is float64 with shape"):
+        quant.decode_arrays(as_float64, [(3,)], UNIFORM8)
+    with pytest.raises(DecodeError, match="progressive quantized arrays base, lows, refine, steps"):
         quant.decode_arrays(encoded.arrays, [(3,)], QuantSpec("progressive"))
 
 
