@@ -153,6 +153,7 @@ class ExperimentConfig:
     momentum: float
     seed: int
     round_timeout_s: float
+    outlier_norm_ratio: float
     device: str
     output_dir: str
     run_name: str
@@ -230,6 +231,7 @@ def parse(flat: dict[str, Any], *, server: bool = True) -> ExperimentConfig:
         momentum=get.number("momentum", low=0.0, high=1.0, high_open=True),
         seed=get.integer("seed", low=0),
         round_timeout_s=get.number("round-timeout-s", low=0.0, low_open=True),
+        outlier_norm_ratio=get.number("outlier-norm-ratio", low=0.0),
         device=get.choice("device", DEVICES),
         output_dir=get.string("output-dir"),
         run_name=get.string("run-name"),

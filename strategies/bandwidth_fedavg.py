@@ -193,11 +193,14 @@ class BandwidthFedAvg(FedAvg):
         replies = self._sorted(replies)
         received = [self.ledger.receive(reply) for reply in replies]
         network_status = self._time_round(self.upload_phase, replies, received)
-        for reply, measured in zip(replies, received, strict=True):
-            if network_status.get(self._partition(reply)) == "dropped":
-                status = "dropped"
-            else:
-                status = self._check_train_reply(reply)
+        statuses = [
+            "dropped"
+            if network_status.get(self._partition(reply)) == "dropped"
+            else self._check_train_reply(reply)
+            for reply in replies
+        ]
+        self._reject_outliers(replies, statuses)
+        for reply, measured, status in zip(replies, received, statuses, strict=True):
             self._log_reply(server_round, self.upload_phase, reply, status, measured)
             if status in ACCEPTED:
                 accepted.append(reply)
@@ -280,6 +283,46 @@ class BandwidthFedAvg(FedAvg):
             log(WARNING, "node %s sent a malformed update (%s); left out", node_id, problem)
             return "rejected"
         return self.delivery_status(reply)
+
+    def _reject_outliers(self, replies: list[Message], statuses: list[str]) -> None:
+        """Reject the updates whose norm exceeds `outlier-norm-ratio` x the round's median.
+
+        Applies when the ratio is > 0 and at least 3 well-formed updates have a norm: one
+        client's huge (finite) values then cannot move the global model by more than the
+        others'. A median of 0 (nobody moved) leaves the rule out.
+        """
+        ratio = self.config.outlier_norm_ratio
+        norms = {
+            index: self.update_norm(replies[index])
+            for index, status in enumerate(statuses)
+            if status in ACCEPTED
+        }
+        norms = {index: norm for index, norm in norms.items() if norm is not None}
+        if not ratio or len(norms) < 3:
+            return
+        median = float(np.median(list(norms.values())))
+        for index, norm in norms.items():
+            if median > 0 and norm > ratio * median:
+                log(
+                    WARNING,
+                    "node %s sent an update of norm %.4g, %.3g x the round's median %.4g; "
+                    "left out (outlier-norm-ratio=%g)",
+                    replies[index].metadata.src_node_id,
+                    norm,
+                    norm / median,
+                    median,
+                    ratio,
+                )
+                statuses[index] = "rejected"
+
+    def update_norm(self, reply: Message) -> float | None:
+        """L2 norm of a well-formed reply's update (its model minus the global model)."""
+        arrays = reply.content[keys.ARRAYS]
+        squares = sum(
+            float(np.sum((arrays[name].numpy().astype(np.float64) - value) ** 2))
+            for name, value in self._global.items()
+        )
+        return math.sqrt(squares)
 
     def delivery_status(self, reply: Message) -> str:
         """Status of a well-formed update: `delivered`, or `partial` when only part is used."""

@@ -7,6 +7,7 @@ decides how the global model moves (`apply_update`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,11 @@ class CodedFedAvg(BandwidthFedAvg):
         if not problem:
             self._decoded[id(reply.content)] = decoded
         return problem
+
+    def update_norm(self, reply: Message) -> float | None:
+        """L2 norm of the decoded update."""
+        tensors = self._decoded[id(reply.content)].tensors
+        return math.sqrt(sum(float(np.sum(t.astype(np.float64) ** 2)) for t in tensors))
 
     def delivery_status(self, reply: Message) -> str:
         return self._decoded[id(reply.content)].status

@@ -230,6 +230,10 @@ class QsflFedAvg(CodedFedAvg):
         codec = self.spec.label if self.spec else "topk" if self.settings.top_p < 1 else "float32"
         return DecodedUpdate([values], bits, codec)
 
+    def update_norm(self, reply: Message) -> float | None:
+        """None: segments of different parts of the model have no common scale."""
+        return None
+
     def combine(self, server_round: int, accepted: list[Message]) -> list[np.ndarray]:
         """Stitch the segments into one update; log each segment's senders."""
         sent = [

@@ -31,6 +31,8 @@ def test_pyproject_defaults_parse():
         ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
         ("fraction-train", 0.0, "fraction-train=0.0 is out of range; allowed: (0, 1]"),
         ("fraction-train", 1.5, "fraction-train=1.5 is out of range; allowed: (0, 1]"),
+        ("outlier-norm-ratio", -1.0, "outlier-norm-ratio=-1.0 is out of range; allowed: [0"),
+        ("net.rtt-ms", -5.0, "net.rtt-ms=-5.0 is out of range; allowed: [0"),
         ("fraction-evaluate", -0.1, "fraction-evaluate=-0.1 is out of range; allowed: [0, 1]"),
         ("num-server-rounds", 0, "num-server-rounds=0 is out of range; allowed: integer >= 1"),
         ("dirichlet-alpha", 0.0, "dirichlet-alpha=0.0 is out of range; allowed: (0, inf)"),

@@ -286,3 +286,32 @@ def test_discovery_waits_until_every_node_is_registered():
     node_ids = wait_for_nodes(RegisteringGrid(), timeout_s=60)
     # Assert
     assert node_ids == [1000, 1007, 1014]
+
+
+@pytest.mark.parametrize(("ratio", "status"), [(10.0, "rejected"), (0.0, "delivered")])
+def test_an_update_far_beyond_the_rounds_others_is_rejected(flat_config, tmp_path, ratio, status):
+    # Prepare: from the zero model, updates of 1.0, 1.1 and 0.9 in every entry (norm 3 x the
+    # value: 9 entries) and one of 1e6 (a client sending huge finite values)
+    strategy, grid, recorder = make_strategy(
+        flat_config, tmp_path, **{"fraction-train": 1.0, "outlier-norm-ratio": ratio}
+    )
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    values = [1.0, 1.1, 0.9, 1e6]
+    replies = [train_reply(m, v, loss=0.1 * i) for i, (m, v) in enumerate(zip(messages, values))]
+    # Execute
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # Assert: 3e6 is 1e6 / 1.05 x the median norm 3.15 (> 10 x): rejected, the mean of the others
+    up = [r for r in read_rows(recorder) if r["phase"] == "train" and r["direction"] == "up"]
+    assert [r["status"] for r in up] == ["delivered"] * 3 + [status]
+    expected = 1.0 if status == "rejected" else (3.0 + 1e6) / 4
+    np.testing.assert_allclose(arrays["w"].numpy(), expected, rtol=1e-6)
+
+
+def test_the_outlier_rule_needs_three_updates(flat_config, tmp_path):
+    # fraction 0.5 of 4: two updates, 1.0 and 1e6; no median to speak of, both are used
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path)
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    replies = [train_reply(m, v, loss=v) for m, v in zip(messages, [1.0, 1e6], strict=True)]
+    strategy.aggregate_train(1, replies)
+    up = [r for r in read_rows(recorder) if r["phase"] == "train" and r["direction"] == "up"]
+    assert [r["status"] for r in up] == ["delivered", "delivered"]
