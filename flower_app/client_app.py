@@ -12,6 +12,7 @@ from flower_app.config import ExperimentConfig, parse
 from flower_app.models import build_model
 from flower_app.task import Tensors, client_data, compute_device, evaluate, local_train
 from mods import keys
+from mods.fault_mod import make_fault_mod
 from mods.qsfl_mod import qsfl_mod, upload_segment
 from mods.quant_mod import quant_mod
 from mods.size_mod import payload_size_mod
@@ -22,7 +23,9 @@ from mods.topk_mod import topk_mod
 def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
     # the size mod first: it measures the message before decoding and the reply after encoding
-    app = ClientApp(mods=[payload_size_mod, stc_mod, topk_mod, quant_mod, qsfl_mod])
+    # (and after an injected fault, if any: faults.*)
+    mods = [payload_size_mod, make_fault_mod(run_config), stc_mod, topk_mod, quant_mod, qsfl_mod]
+    app = ClientApp(mods=mods)
     app.train("upload")(upload_segment)  # QSFL's phase 2: message type "train.upload"
 
     def setup(context: Context) -> tuple[ExperimentConfig, int, int]:

@@ -101,6 +101,20 @@ class QsflConfig:
     quantize: bool
 
 
+FAULT_KINDS = ("none", "fail", "hang", "nan", "huge", "garbage", "truncate")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """`faults.*`: chosen clients misbehave on purpose (robustness experiments and tests)."""
+
+    kind: str
+    clients: tuple[int, ...]
+    rate: float
+    hang_s: float
+    scale: float
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """`net.*`: the simulated network (any strategy); channel "none" is an ideal network."""
@@ -162,6 +176,7 @@ class ExperimentConfig:
     quant: QuantConfig
     qsfl: QsflConfig
     net: NetConfig
+    faults: FaultConfig
 
     def to_flat(self) -> dict[str, Any]:
         """Return the config as Flower's flat kebab-case run-config (dotted sub-tables)."""
@@ -257,6 +272,7 @@ def parse(flat: dict[str, Any], *, server: bool = True) -> ExperimentConfig:
             quantize=get.boolean("qsfl.quantize"),
         ),
         net=_net_config(get),
+        faults=fault_config(get),
     )
     _check_model_and_data(config)
     parameters = MODEL_PARAMETERS[config.model]
@@ -349,6 +365,26 @@ def _quant_config(get: _Getter) -> QuantConfig:
             f"(got '{quant.scheme}'); allowed: 0 for other schemes"
         )
     return quant
+
+
+def fault_config(get: _Getter) -> FaultConfig:
+    """The `faults.*` keys (a client reads them alone, per message)."""
+    text = get.string("faults.clients").replace(" ", "")
+    try:
+        clients = tuple(sorted({int(part) for part in text.split(",") if part}))
+    except ValueError:
+        clients = (-1,)
+    if any(client < 0 for client in clients):
+        raise ConfigError(
+            f"faults.clients='{text}' is not a list of partition ids; allowed: e.g. '0' or '0,3'"
+        )
+    return FaultConfig(
+        kind=get.choice("faults.kind", FAULT_KINDS),
+        clients=clients,
+        rate=get.number("faults.rate", low=0.0, high=1.0),
+        hang_s=get.number("faults.hang-s", low=0.0),
+        scale=get.number("faults.scale", low=0.0, low_open=True),
+    )
 
 
 def _net_config(get: _Getter) -> NetConfig:

@@ -297,7 +297,8 @@ def test_an_update_far_beyond_the_rounds_others_is_rejected(flat_config, tmp_pat
     )
     messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
     values = [1.0, 1.1, 0.9, 1e6]
-    replies = [train_reply(m, v, loss=0.1 * i) for i, (m, v) in enumerate(zip(messages, values))]
+    pairs = enumerate(zip(messages, values, strict=True))
+    replies = [train_reply(m, v, loss=0.1 * i) for i, (m, v) in pairs]
     # Execute
     arrays, _ = strategy.aggregate_train(1, replies)
     # Assert: 3e6 is 1e6 / 1.05 x the median norm 3.15 (> 10 x): rejected, the mean of the others

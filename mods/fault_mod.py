@@ -1,0 +1,75 @@
+"""Client mod that makes chosen clients misbehave (`faults.*`), for robustness experiments.
+
+A client in `faults.clients` misbehaves in a train round with probability `faults.rate`, drawn
+from a stream keyed by (seed, round, partition): `fail` raises, `hang` holds its reply back
+`faults.hang-s` seconds, `nan` fills its float arrays with NaN, `huge` multiplies them by
+`faults.scale`, `garbage` replaces every array with random bytes of the same dtype and size,
+`truncate` cuts every array to half. It sits inside the payload-size mod and outside the codec
+mods, so it corrupts the encoded reply and the sizes logged are those of what it sends.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from flower_app.config import FaultConfig, parse
+from mods import keys
+
+FAULT_STREAM = 4
+
+
+def make_fault_mod(run_config: dict[str, Any] | None = None) -> Mod:
+    """The mod, reading `faults.*` from `run_config` (or the context's, when None)."""
+
+    def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        config = parse(run_config or dict(context.run_config), server=False)
+        faults = config.faults
+        partition_id = int(context.node_config.get(keys.PARTITION_ID, -1))
+        if faults.kind == "none" or partition_id not in faults.clients:
+            return call_next(msg, context)
+        server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
+        rng = np.random.default_rng([config.seed, server_round, partition_id, FAULT_STREAM])
+        if rng.random() >= faults.rate:
+            return call_next(msg, context)
+        if faults.kind == "fail":
+            raise RuntimeError(f"injected fault: partition {partition_id} fails")
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        if faults.kind == "hang":
+            time.sleep(faults.hang_s)
+            return reply
+        arrays = reply.content.array_records.get(keys.ARRAYS)
+        if arrays is not None:
+            reply.content[keys.ARRAYS] = ArrayRecord(
+                {
+                    name: Array(corrupt(array.numpy(), faults, rng))
+                    for name, array in arrays.items()
+                }
+            )
+        return reply
+
+    return fault_mod
+
+
+def corrupt(values: np.ndarray, faults: FaultConfig, rng: np.random.Generator) -> np.ndarray:
+    """`values` as the fault `faults.kind` sends them."""
+    floating = values.dtype.kind == "f"
+    if faults.kind == "nan" and floating:
+        return np.full_like(values, np.nan)
+    if faults.kind == "huge" and floating:
+        return (values * faults.scale).astype(values.dtype)
+    if faults.kind == "garbage":
+        raw = rng.integers(0, 256, values.nbytes, dtype=np.uint8)
+        return raw.view(values.dtype).reshape(values.shape)
+    if faults.kind == "truncate":
+        flat = values.reshape(-1)
+        return flat[: flat.size // 2].copy()
+    return values
