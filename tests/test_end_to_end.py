@@ -213,3 +213,62 @@ def test_kill_9_leaves_no_process_behind(tmp_path, module):
 
 def rows_of(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+FAULTS_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=3 fraction-train=1.0 seed=7"
+
+
+def faulty_run(output_dir: Path, name: str, settings: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A 5-client simulation with `settings` that must finish: its rounds.csv, bandwidth.csv."""
+    run_dir = run_folder(
+        run_module(
+            "flower_app.simulation",
+            "--num-supernodes",
+            "5",
+            "--run-config",
+            f"{FAULTS_CONFIG} {settings} output-dir='{output_dir}' run-name='{name}'",
+        )
+    )
+    return pd.read_csv(run_dir / "rounds.csv"), pd.read_csv(run_dir / "bandwidth.csv")
+
+
+@pytest.fixture(scope="module")
+def fault_free(tmp_path_factory):
+    """The final accuracy of the same run without faults, per strategy settings (cached)."""
+    runs: dict[str, float] = {}
+
+    def accuracy(strategy: str) -> float:
+        if strategy not in runs:
+            folder = tmp_path_factory.mktemp("clean")
+            rounds, _ = faulty_run(folder, "clean", strategy)
+            runs[strategy] = rounds["test_accuracy"].iloc[-1]
+        return runs[strategy]
+
+    return accuracy
+
+
+@pytest.mark.parametrize(
+    ("strategy", "fault", "status"),
+    [
+        ("", "fail", "failed"),
+        ("", "nan", "rejected"),
+        ("", "huge", "rejected"),  # finite: the outlier-norm-ratio rule
+        ("", "garbage", "rejected"),
+        ("", "truncate", "rejected"),
+        ("strategy='stc' stc.p-up=0.1 stc.p-down=0.1", "garbage", "rejected"),
+        ("strategy='quant' quant.scheme='float'", "truncate", "rejected"),
+    ],
+)
+def test_an_injected_fault_is_logged_and_left_out(tmp_path, fault_free, strategy, fault, status):
+    # Execute: client 0 misbehaves every round
+    settings = f"{strategy} faults.kind='{fault}' faults.clients='0'"
+    rounds, messages = faulty_run(tmp_path, "faulty", settings)
+    # Assert: its updates carry the fault's status, the others are delivered, the run ends
+    # with a finite model within 1 point of the same run without the fault
+    up = messages.query("phase == 'train' and direction == 'up'")
+    assert set(up.loc[up["partition_id"] == 0, "status"]) == {status}
+    assert set(up.loc[up["partition_id"] != 0, "status"]) == {"delivered"}
+    assert rounds["delivered"].tolist() == [0, 4, 4, 4]
+    assert pd.notna(rounds["test_loss"]).all() and (rounds["test_loss"] < 1e3).all()
+    final = rounds["test_accuracy"].iloc[-1]
+    assert abs(final - fault_free(strategy)) <= 0.01
