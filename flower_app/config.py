@@ -101,7 +101,18 @@ class QsflConfig:
     quantize: bool
 
 
-FAULT_KINDS = ("none", "fail", "hang", "nan", "huge", "garbage", "truncate")
+FAULT_KINDS = (
+    "none",
+    "fail",
+    "hang",
+    "nan",
+    "huge",
+    "garbage",
+    "truncate",
+    "examples",
+    "metrics",
+    "dtype",
+)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ A client in `faults.clients` misbehaves in a train round with probability `fault
 from a stream keyed by (seed, round, partition): `fail` raises, `hang` holds its reply back
 `faults.hang-s` seconds, `nan` fills its float arrays with NaN, `huge` multiplies them by
 `faults.scale`, `garbage` replaces every array with random bytes of the same dtype and size,
-`truncate` cuts every array to half. It sits inside the payload-size mod and outside the codec
+`truncate` cuts every array to half, `examples` reports a NaN example count, `metrics` adds a
+foreign metric key, `dtype` sends float arrays as float64. It sits inside the payload-size
+mod and outside the codec
 mods, so it corrupts the encoded reply and the sizes logged are those of what it sends.
 """
 
@@ -46,13 +48,14 @@ def make_fault_mod(run_config: dict[str, Any] | None = None) -> Mod:
         if faults.kind == "hang":
             time.sleep(faults.hang_s)
             return reply
+        metrics = reply.content.metric_records.get(keys.METRICS)
+        if faults.kind in ("examples", "metrics") and metrics is not None:
+            metrics[keys.NUM_EXAMPLES if faults.kind == "examples" else "injected"] = float("nan")
+            return reply
         arrays = reply.content.array_records.get(keys.ARRAYS)
         if arrays is not None:
             reply.content[keys.ARRAYS] = ArrayRecord(
-                {
-                    name: Array(corrupt(array.numpy(), faults, rng))
-                    for name, array in arrays.items()
-                }
+                {name: Array(corrupt(array.numpy(), faults, rng)) for name, array in arrays.items()}
             )
         return reply
 
@@ -69,6 +72,8 @@ def corrupt(values: np.ndarray, faults: FaultConfig, rng: np.random.Generator) -
     if faults.kind == "garbage":
         raw = rng.integers(0, 256, values.nbytes, dtype=np.uint8)
         return raw.view(values.dtype).reshape(values.shape)
+    if faults.kind == "dtype" and floating:
+        return values.astype(np.float64)
     if faults.kind == "truncate":
         flat = values.reshape(-1)
         return flat[: flat.size // 2].copy()

@@ -255,6 +255,9 @@ def fault_free(tmp_path_factory):
         ("", "huge", "rejected"),  # finite: the outlier-norm-ratio rule
         ("", "garbage", "rejected"),
         ("", "truncate", "rejected"),
+        ("", "examples", "rejected"),  # num-examples NaN
+        ("", "metrics", "rejected"),  # a foreign metric key
+        ("", "dtype", "rejected"),  # float64 arrays
         ("strategy='stc' stc.p-up=0.1 stc.p-down=0.1", "garbage", "rejected"),
         ("strategy='quant' quant.scheme='float'", "truncate", "rejected"),
     ],

@@ -40,13 +40,16 @@ def test_only_the_chosen_clients_misbehave(flat_config):
     assert all(np.isnan(value).all() for value in chosen.values())
 
 
-@pytest.mark.parametrize("kind", ["huge", "garbage", "truncate"])
+@pytest.mark.parametrize("kind", ["huge", "garbage", "truncate", "dtype"])
 def test_each_kind_corrupts_as_documented(flat_config, kind):
     clean = honest(flat_config)
     bad = run(dict(flat_config), 0, kind=kind, clients="0", scale=1000.0)
     for name, value in clean.items():
         if kind == "huge":
             np.testing.assert_allclose(bad[name], value * 1000.0, rtol=1e-6)
+        elif kind == "dtype":
+            assert bad[name].dtype == np.float64
+            np.testing.assert_array_equal(bad[name], value)
         elif kind == "garbage":
             assert bad[name].dtype == value.dtype and bad[name].shape == value.shape
             assert not np.array_equal(bad[name], value)
