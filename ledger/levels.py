@@ -126,17 +126,7 @@ def down_transport_bytes(content: RecordDict) -> int:
 def pushed_objects_bytes(obj: InflatableObject) -> int:
     """Transport bytes of pushing `obj` and its descendants (part of a message going up)."""
     exchanges = [
-        _exchange(
-            "push-object",
-            PushObjectRequest(
-                node=Node(node_id=CANONICAL_ID),
-                run_id=CANONICAL_ID,
-                object_id=object_id,
-                object_content=child.deflate(),
-                session_id=SESSION_ID,
-            ),
-            PushObjectResponse(stored=True),
-        )
+        _push_object(object_id, child.deflate())
         for object_id, child in get_all_nested_objects(obj).items()
     ]
     return sum(e.up_bytes + e.down_bytes for e in exchanges)
@@ -187,17 +177,19 @@ def _exchanges(
         objects_to_push=list(to_push),
         session_id=SESSION_ID,
     )
-    exchanges = [_exchange("push-messages", push, pushed)]
-    for object_id, body in to_push.items():
-        request = PushObjectRequest(
-            node=node,
-            run_id=CANONICAL_ID,
-            object_id=object_id,
-            object_content=body,
-            session_id=SESSION_ID,
-        )
-        exchanges.append(_exchange("push-object", request, PushObjectResponse(stored=True)))
-    return exchanges
+    pushes = [_push_object(object_id, body) for object_id, body in to_push.items()]
+    return [_exchange("push-messages", push, pushed), *pushes]
+
+
+def _push_object(object_id: str, body: bytes) -> Exchange:
+    request = PushObjectRequest(
+        node=Node(node_id=CANONICAL_ID),
+        run_id=CANONICAL_ID,
+        object_id=object_id,
+        object_content=body,
+        session_id=SESSION_ID,
+    )
+    return _exchange("push-object", request, PushObjectResponse(stored=True))
 
 
 def canonical(message: Message) -> Message:
