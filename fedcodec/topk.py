@@ -5,10 +5,13 @@ tensors is
 
 - `bits` (uint8): per tensor, the Golomb-Rice code of its kept positions (STC's code), all
   tensors back to back, packed with `np.packbits`;
-- `counts` (uint32, T): k of each tensor;
-- `values` (float32): the kept values, tensor after tensor, in position order.
+- `kept` (uint32): k of each tensor (T entries), then the float32 bit patterns of the kept
+  values, tensor after tensor, in position order.
 
-`payload_bits` is the bit length of `bits` before padding + 32 per count + 32 per value.
+Counts and values travel as one array for the reason STC's counts and means do (fedcodec/stc.py):
+on Flower's transport each array costs requests of its own, and the counts alone are equal
+across clients. `payload_bits` is the bit length of `bits` before padding + 32 per count + 32
+per value.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from fedcodec.checks import DecodeError, decoder, expect_names, typed
 from fedcodec.encoded import Encoded
 from fedcodec.stc import read_positions, sparsify
 
-ARRAY_NAMES = ("bits", "counts", "values")
+ARRAY_NAMES = ("bits", "kept")
 
 
 def encode(tensors: list[np.ndarray], p: float) -> Encoded:
@@ -38,11 +41,11 @@ def encode(tensors: list[np.ndarray], p: float) -> Encoded:
         counts.append(positions.size)
         values.append(flat[positions])
     bits = np.concatenate(streams) if streams else np.zeros(0, np.uint8)
-    arrays = {
-        "bits": np.packbits(bits),
-        "counts": np.asarray(counts, dtype=np.uint32),
-        "values": np.concatenate(values) if values else np.zeros(0, np.float32),
-    }
+    kept_values = np.concatenate(values) if values else np.zeros(0, np.float32)
+    kept = np.concatenate(
+        [np.asarray(counts, dtype=np.uint32), kept_values.astype(np.float32).view(np.uint32)]
+    )
+    arrays = {"bits": np.packbits(bits), "kept": kept}
     return Encoded(arrays, len(bits) + 32 * len(tensors) + 32 * sum(counts))
 
 
@@ -55,10 +58,7 @@ def decode_arrays(
     Raises DecodeError for malformed arrays.
     """
     expect_names(arrays, ARRAY_NAMES, "top-k")
-    counts = typed(arrays, "counts", np.uint32, len(shapes))
-    values = typed(arrays, "values", np.float32)
-    if int(counts.sum(dtype=np.int64)) != values.size:
-        raise DecodeError(f"{values.size} values for {int(counts.sum(dtype=np.int64))} positions")
+    counts, values = counts_and_values(arrays, len(shapes))
     bits = np.unpackbits(typed(arrays, "bits", np.uint8))
     tensors, offset, start = [], 0, 0
     for shape, count in zip(shapes, counts, strict=True):
@@ -69,3 +69,14 @@ def decode_arrays(
         start += count
         tensors.append(flat.reshape(shape))
     return tensors, offset + 32 * len(shapes) + 32 * values.size
+
+
+def counts_and_values(arrays: dict[str, np.ndarray], tensors: int) -> tuple[np.ndarray, np.ndarray]:
+    """k of each of `tensors` tensors and the kept values, from the `kept` array."""
+    kept = typed(arrays, "kept", np.uint32)
+    if kept.size < tensors:
+        raise DecodeError(f"'kept' has {kept.size} entries, fewer than the {tensors} counts")
+    counts, values = kept[:tensors], kept[tensors:].view(np.float32)
+    if int(counts.sum(dtype=np.int64)) != values.size:
+        raise DecodeError(f"{values.size} values for {int(counts.sum(dtype=np.int64))} positions")
+    return counts, values

@@ -98,7 +98,8 @@ def test_top_k_segment_exact_bits_by_hand():
     x[[0, 7]] = [0.5, -1.0]
     encoded = topk.encode([x], p=3 / 16)
     assert encoded.payload_bits == 138
-    assert encoded.arrays["values"].tolist() == [4.0, -2.0, 6.0]
+    # one `kept` array: the count, then the float32 bits of 4.0, -2.0, 6.0
+    assert encoded.arrays["kept"].tolist() == [3, 0x40800000, 0xC0000000, 0x40C00000]
     (decoded,), bits = topk.decode_arrays(encoded.arrays, [(16,)])
     expected = np.zeros(16, np.float32)
     expected[[2, 5, 13]] = [4.0, -2.0, 6.0]
@@ -182,8 +183,8 @@ def test_phase_two_sends_the_requested_segment_dense_or_top_p():
     ctx = context()
     qsfl_mod(train_message("weights", None), ctx, lambda m, c: trained_reply(m))
     arrays = upload_segment(upload_request(1, 2, 0.25), ctx).content[keys.ARRAYS]
-    assert arrays["values"].numpy().tolist() == [-2.0]
-    assert arrays["counts"].numpy().tolist() == [1]
+    counts, values = topk.counts_and_values({"kept": arrays["kept"].numpy()}, 1)
+    assert (counts.tolist(), values.tolist()) == ([1], [-2.0])
 
 
 def test_a_quantized_segment_costs_its_codes_and_one_scale_pair():

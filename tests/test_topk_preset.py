@@ -32,7 +32,8 @@ def test_mod_sends_the_largest_entries_exactly_and_keeps_the_rest():
     reply = topk_mod(msg, ctx, trainer(step, seen))
     arrays = {name: array.numpy() for name, array in reply.content[keys.ARRAYS].items()}
     # 10% of 100 and of 5 entries: 10 and 1, sent with their exact float32 values
-    assert arrays["counts"].tolist() == [10, 1]
+    counts, values = topk.counts_and_values(arrays, 2)
+    assert counts.tolist() == [10, 1] and values.dtype == np.float32 and values.size == 11
     sent, _ = topk.decode_arrays(arrays, list(SHAPES.values()))
     top_w = np.sort(np.abs(step["w"]).ravel())[-10:]
     # (start + step) - start is step up to float32 rounding
