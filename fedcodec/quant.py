@@ -189,7 +189,7 @@ def decode_arrays(
         levels = unpack_codes(_get(arrays, "base"), spec.base_bits, count)
         scale, bits = 1 << spec.refine_bits, count * spec.base_bits
         if "refine" in arrays:
-            refine = unpack_codes(_stream(arrays, "refine", 0), spec.refine_bits, count)
+            refine = unpack_codes(_get(arrays, "refine"), spec.refine_bits, count)
             bits += count * spec.refine_bits
     # a whole code is c * 1 + 0; a base alone decodes to the middle of its 2**r codes
     middle = np.float32(0.0 if spec.scheme == "uniform" else (scale - 1) / 2)

@@ -94,10 +94,8 @@ class HttpFrames:
             if line_end < 0:
                 return False
             size = int(bytes(self._buffer[:line_end]).split(b";")[0], 16)
-            if size == 0:
+            if size == 0:  # the last chunk: its line, any trailer, then the blank line
                 trailer_end = self._buffer.find(HEAD_END, line_end)
-                if self._buffer[line_end : line_end + 4] == HEAD_END:
-                    trailer_end = line_end
                 if trailer_end < 0:
                     return False
                 taken = trailer_end + len(HEAD_END)

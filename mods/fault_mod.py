@@ -29,9 +29,10 @@ def make_fault_mod(run_config: dict[str, Any] | None = None) -> Mod:
     """The mod, reading `faults.*` from `run_config` (or the context's, when None)."""
 
     def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN:
-            return call_next(msg, context)
-        config = parse(run_config or dict(context.run_config), server=False)
+        flat = run_config or dict(context.run_config)
+        if msg.metadata.message_type != MessageType.TRAIN or flat.get("faults.kind") == "none":
+            return call_next(msg, context)  # the usual case: no second parse per message
+        config = parse(flat, server=False)
         faults = config.faults
         partition_id = int(context.node_config.get(keys.PARTITION_ID, -1))
         if faults.kind == "none" or partition_id not in faults.clients:
