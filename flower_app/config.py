@@ -121,6 +121,7 @@ class FaultConfig:
 
     kind: str
     clients: tuple[int, ...]
+    rounds: tuple[int, ...]  # empty: every round
     rate: float
     hang_s: float
     scale: float
@@ -380,18 +381,10 @@ def _quant_config(get: _Getter) -> QuantConfig:
 
 def fault_config(get: _Getter) -> FaultConfig:
     """The `faults.*` keys (a client reads them alone, per message)."""
-    text = get.string("faults.clients").replace(" ", "")
-    try:
-        clients = tuple(sorted({int(part) for part in text.split(",") if part}))
-    except ValueError:
-        clients = (-1,)
-    if any(client < 0 for client in clients):
-        raise ConfigError(
-            f"faults.clients='{text}' is not a list of partition ids; allowed: e.g. '0' or '0,3'"
-        )
     return FaultConfig(
         kind=get.choice("faults.kind", FAULT_KINDS),
-        clients=clients,
+        clients=_id_list(get, "faults.clients", "partition ids", low=0),
+        rounds=_id_list(get, "faults.rounds", "rounds", low=1),
         rate=get.number("faults.rate", low=0.0, high=1.0),
         hang_s=get.number("faults.hang-s", low=0.0),
         scale=get.number("faults.scale", low=0.0, low_open=True),
@@ -439,6 +432,19 @@ def _net_config(get: _Getter) -> NetConfig:
             f"set net.channel to one of {', '.join(CHANNELS[1:])}"
         )
     return net
+
+
+def _id_list(get: _Getter, key: str, what: str, low: int) -> tuple[int, ...]:
+    """A comma-separated list of integers >= `low` ("" is empty), sorted, without repeats."""
+    text = get.string(key).replace(" ", "")
+    try:
+        values = tuple(sorted({int(part) for part in text.split(",") if part}))
+    except ValueError:
+        values = (low - 1,)
+    if any(value < low for value in values):
+        allowed = f"e.g. '{low}' or '{low},3'"
+        raise ConfigError(f"{key}='{text}' is not a list of {what}; allowed: {allowed}")
+    return values
 
 
 def default_run_name(config: ExperimentConfig) -> str:

@@ -1,13 +1,14 @@
 """Client mod that makes chosen clients misbehave (`faults.*`), for robustness experiments.
 
-A client in `faults.clients` misbehaves in a train round with probability `faults.rate`, drawn
-from a stream keyed by (seed, round, partition): `fail` raises, `hang` holds its reply back
-`faults.hang-s` seconds, `nan` fills its float arrays with NaN, `huge` multiplies them by
-`faults.scale`, `garbage` replaces every array with random bytes of the same dtype and size,
-`truncate` cuts every array to half, `examples` reports a NaN example count, `metrics` adds a
-foreign metric key, `dtype` sends float arrays as float64. It sits inside the payload-size
-mod and outside the codec
-mods, so it corrupts the encoded reply and the sizes logged are those of what it sends.
+A client in `faults.clients` misbehaves in a train round (every round, or those in
+`faults.rounds`) with probability `faults.rate`, drawn from a stream keyed by (seed, round,
+partition); under QSFL in both phases of that round (its scalar report and its segment).
+`fail` raises, `hang` holds its reply back `faults.hang-s` seconds, `nan` fills its float
+arrays with NaN, `huge` multiplies them by `faults.scale`, `garbage` replaces every array with
+random bytes of the same dtype and size, `truncate` cuts every array to half, `examples`
+reports a NaN example count, `metrics` adds a foreign metric key, `dtype` sends float arrays
+as float64. It sits inside the payload-size mod and outside the codec mods, so it corrupts the
+encoded reply and the sizes logged are those of what it sends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flower_app.config import FaultConfig, parse
 from mods import keys
 
 FAULT_STREAM = 4
+TRAIN_TYPES = (MessageType.TRAIN, keys.UPLOAD)  # the messages whose replies carry an update
 
 
 def make_fault_mod(run_config: dict[str, Any] | None = None) -> Mod:
@@ -30,7 +32,7 @@ def make_fault_mod(run_config: dict[str, Any] | None = None) -> Mod:
 
     def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         flat = run_config or dict(context.run_config)
-        if msg.metadata.message_type != MessageType.TRAIN or flat.get("faults.kind") == "none":
+        if msg.metadata.message_type not in TRAIN_TYPES or flat.get("faults.kind") == "none":
             return call_next(msg, context)  # the usual case: no second parse per message
         config = parse(flat, server=False)
         faults = config.faults
@@ -38,6 +40,8 @@ def make_fault_mod(run_config: dict[str, Any] | None = None) -> Mod:
         if faults.kind == "none" or partition_id not in faults.clients:
             return call_next(msg, context)
         server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
+        if faults.rounds and server_round not in faults.rounds:
+            return call_next(msg, context)
         rng = np.random.default_rng([config.seed, server_round, partition_id, FAULT_STREAM])
         if rng.random() >= faults.rate:
             return call_next(msg, context)

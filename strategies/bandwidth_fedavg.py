@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from flower_app.config import ExperimentConfig, selected_count
 from flower_app.recorder import Recorder
-from flower_app.task import samples_processed
+from flower_app.task import partition_indices, samples_processed
 from ledger.book import LEVELS, Ledger, Received
 from mods import keys
 from netsim.rounds import Timeline, Transfer
@@ -46,27 +46,32 @@ QUERY_TIMEOUT_S = 600.0
 DISCOVERY_TIMEOUT_S = 120.0  # how long to wait for nodes of a deployment that join late
 ACCEPTED = ("delivered", "partial")  # statuses whose update is aggregated
 TRAIN_METRICS = (keys.TRAIN_LOSS, keys.NUM_EXAMPLES)  # what an update's MetricRecord holds
+EVALUATE_METRICS = (keys.EVAL_LOSS, keys.EVAL_ACCURACY, keys.NUM_EXAMPLES)
 
 
-def metrics_problem(metrics: MetricRecord) -> str:
-    """What is wrong with an update's metrics ("" when Flower's averaging may take them).
+def metrics_problem(metrics: MetricRecord, expected: tuple[str, ...], max_examples: int) -> str:
+    """What is wrong with a reply's metrics ("" when Flower's averaging may take them).
 
-    Exactly train-loss and num-examples, so that a foreign key never reaches Flower's metric
-    aggregation (which raises on replies whose keys differ), both finite numbers.
+    Exactly the `expected` keys, so that a foreign key never reaches Flower's metric
+    aggregation (which raises on replies whose keys differ), all finite numbers, and an
+    example count in 1 .. `max_examples` (the samples of the client's partition).
     """
-    if set(metrics) != set(TRAIN_METRICS):
-        return f"metric keys {sorted(metrics)} are not {sorted(TRAIN_METRICS)}"
-    loss = metrics[keys.TRAIN_LOSS]
-    if not isinstance(loss, int | float) or not math.isfinite(loss):
-        return f"{keys.TRAIN_LOSS}={loss!r} is not a finite number"
-    return examples_problem(metrics)
+    if set(metrics) != set(expected):
+        return f"metric keys {sorted(metrics)} are not {sorted(expected)}"
+    for key in expected:
+        value = metrics[key]
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return f"{key}={value!r} is not a finite number"
+    return examples_problem(metrics[keys.NUM_EXAMPLES], max_examples)
 
 
-def examples_problem(metrics: MetricRecord) -> str:
-    """What is wrong with a reply's example count ("" when it is a positive number)."""
-    examples = metrics.get(keys.NUM_EXAMPLES)
-    if not isinstance(examples, int | float) or not math.isfinite(examples) or examples <= 0:
-        return f"{keys.NUM_EXAMPLES}={examples!r} is not a finite positive count"
+def examples_problem(examples: object, max_examples: int) -> str:
+    """What is wrong with a reply's example count ("" when it is in 1 .. `max_examples`)."""
+    if not isinstance(examples, int | float) or not 0 < examples <= max_examples:
+        return (
+            f"{keys.NUM_EXAMPLES}={examples!r} is not a count in 1..{max_examples} "
+            "(the samples of its partition)"
+        )
     return ""
 
 
@@ -98,6 +103,7 @@ class BandwidthFedAvg(FedAvg):
         self.ledger = Ledger(recorder.log_message, self._sim_times)
         self.node_of: dict[int, int] = {}  # partition_id -> node_id
         self.partition_of: dict[int, int] = {}  # node_id -> partition_id
+        self.partition_sizes: tuple[int, ...] = ()  # samples of each partition
         self._round: dict = {}
         self._global: dict[str, np.ndarray] = {}
         self._global_shapes: dict[str, tuple[int, ...]] = {}
@@ -129,6 +135,7 @@ class BandwidthFedAvg(FedAvg):
             node_ids = sorted(grid.get_node_ids())
         if self.clock is not None:
             self.clock.start(sorted(self.node_of))
+        self.partition_sizes = tuple(map(len, partition_indices(self.config, len(self.node_of))))
         return len(self.node_of)
 
     def _query_partitions(
@@ -256,11 +263,11 @@ class BandwidthFedAvg(FedAvg):
     def _samples(self, reply: Message) -> int:
         """Training samples a client processed this round (0 for a nonsense example count)."""
         metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
-        if examples_problem(metrics):
+        examples = metrics.get(keys.NUM_EXAMPLES)
+        if examples_problem(examples, self.partition_sizes[self._partition(reply)]):
             return 0
         c = self.config
-        examples = int(metrics[keys.NUM_EXAMPLES])
-        return samples_processed(examples, c.batch_size, c.local_epochs, c.local_steps)
+        return samples_processed(int(examples), c.batch_size, c.local_epochs, c.local_steps)
 
     def refinement_bytes(self, reply: Message) -> int:
         """Bytes of a reply that may arrive late or never (sent last); here none."""
@@ -343,7 +350,11 @@ class BandwidthFedAvg(FedAvg):
             return f"array dtypes {sorted(set(map(str, dtypes.values())))} differ from the model's"
         if not all(np.isfinite(array.numpy()).all() for array in arrays.values()):
             return "NaN or inf in the update"
-        return metrics_problem(metrics)
+        return self.metrics_problem(reply, metrics, TRAIN_METRICS)
+
+    def metrics_problem(self, reply: Message, metrics: MetricRecord, expected: tuple) -> str:
+        """`metrics_problem` for a reply, bounded by the size of its sender's partition."""
+        return metrics_problem(metrics, expected, self.partition_sizes[self._partition(reply)])
 
     # ------------------------------------------------------------------ evaluation
     def configure_evaluate(
@@ -359,13 +370,25 @@ class BandwidthFedAvg(FedAvg):
         accepted = []
         for reply in self._sorted(replies):
             measured = self.ledger.receive(reply)
-            metrics = None if reply.has_error() else reply.content.metric_records.get(keys.METRICS)
-            status = "delivered" if metrics is not None else "failed"
+            status = "failed" if reply.has_error() else self._check_evaluate_reply(reply)
             self._log_reply(server_round, "evaluate", reply, status, measured)
             if status == "delivered":
                 accepted.append(reply)
         self.ledger.flush_pending("evaluate")
         return super().aggregate_evaluate(server_round, accepted) if accepted else None
+
+    def _check_evaluate_reply(self, reply: Message) -> str:
+        """`delivered`, or `rejected` (with a warning) when its metrics cannot be averaged."""
+        metrics = reply.content.metric_records.get(keys.METRICS)
+        if metrics is None or len(reply.content) != 1:
+            problem = "expected one MetricRecord 'metrics'"
+        else:
+            problem = self.metrics_problem(reply, metrics, EVALUATE_METRICS)
+        if problem:
+            node_id = reply.metadata.src_node_id
+            log(WARNING, "node %s sent malformed metrics (%s); left out", node_id, problem)
+            return "rejected"
+        return "delivered"
 
     # ------------------------------------------------------------------ rounds
     def finish_round(self, server_round: int, test_loss: float, test_accuracy: float) -> dict:

@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from fedcodec.checks import DecodeError
 from mods import keys
 from strategies.accounting import FLOAT32_BYTES
-from strategies.bandwidth_fedavg import BandwidthFedAvg, metrics_problem
+from strategies.bandwidth_fedavg import TRAIN_METRICS, BandwidthFedAvg
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class CodedFedAvg(BandwidthFedAvg):
             return f"undecodable update: {error}"
         if not all(np.isfinite(t).all() for t in decoded.tensors):
             return "NaN or inf in the update"
-        problem = metrics_problem(metrics)
+        problem = self.metrics_problem(reply, metrics, TRAIN_METRICS)
         if not problem:
             self._decoded[id(reply.content)] = decoded
         return problem

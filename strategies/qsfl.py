@@ -15,7 +15,6 @@ scores), segments.csv (senders per segment and round).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
@@ -34,6 +33,7 @@ from mods.quant_mod import spec_config
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
 SCALAR_BITS = 64  # a MetricRecord value (float or int) travels as 8 bytes
+REPORT_METRICS = (keys.TRAIN_LOSS, keys.RELEVANCE, keys.NUM_EXAMPLES)  # a phase-1 reply
 SELECTION_COLUMNS = (
     "round",
     "partition_id",
@@ -145,7 +145,11 @@ class QsflFedAvg(CodedFedAvg):
             log(WARNING, "node %s failed: %s", node_id, reply.error.reason)
             return None, "failed"
         metrics = reply.content.metric_records.get(keys.METRICS)
-        problem = _report_problem(metrics) if len(reply.content) == 1 else "not only metrics"
+        if metrics is None or len(reply.content) != 1:
+            problem = "expected one MetricRecord 'metrics'"
+        else:
+            problem = self.metrics_problem(reply, metrics, REPORT_METRICS)
+            problem = problem or _scores_problem(metrics)
         if problem:
             log(WARNING, "node %s sent a malformed report (%s); left out", node_id, problem)
             return None, "rejected"
@@ -267,16 +271,11 @@ class QsflFedAvg(CodedFedAvg):
         return segment_bounds(self._flat_size, self.settings.num_segments)
 
 
-def _report_problem(metrics: MetricRecord | None) -> str:
-    """What is wrong with a phase-1 report ("" when it is usable)."""
-    if metrics is None:
-        return "no MetricRecord 'metrics'"
-    loss, relevance = metrics.get(keys.TRAIN_LOSS), metrics.get(keys.RELEVANCE)
-    if not isinstance(loss, int | float) or not math.isfinite(loss) or loss < 0:
-        return f"{keys.TRAIN_LOSS}={loss!r} is not a finite loss >= 0"
-    if not isinstance(relevance, int | float) or not 0 <= relevance <= 1:
+def _scores_problem(metrics: MetricRecord) -> str:
+    """What is wrong with a phase-1 report's finite loss and relevance ("" when usable)."""
+    loss, relevance = metrics[keys.TRAIN_LOSS], metrics[keys.RELEVANCE]
+    if loss < 0:
+        return f"{keys.TRAIN_LOSS}={loss!r} is not a loss >= 0"
+    if not 0 <= relevance <= 1:
         return f"{keys.RELEVANCE}={relevance!r} is not in [0, 1]"
-    examples = metrics.get(keys.NUM_EXAMPLES)
-    if not isinstance(examples, int | float) or examples <= 0:
-        return f"{keys.NUM_EXAMPLES}={examples!r} is not a positive count"
     return ""

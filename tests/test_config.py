@@ -35,6 +35,7 @@ def test_pyproject_defaults_parse():
         ("net.rtt-ms", -5.0, "net.rtt-ms=-5.0 is out of range; allowed: [0"),
         ("faults.kind", "explode", "faults.kind='explode' is not known; allowed: none, fail"),
         ("faults.clients", "0,x", "faults.clients='0,x' is not a list of partition ids"),
+        ("faults.rounds", "0,2", "faults.rounds='0,2' is not a list of rounds; allowed: e.g. '1'"),
         ("fraction-evaluate", -0.1, "fraction-evaluate=-0.1 is out of range; allowed: [0, 1]"),
         ("num-server-rounds", 0, "num-server-rounds=0 is out of range; allowed: integer >= 1"),
         ("dirichlet-alpha", 0.0, "dirichlet-alpha=0.0 is out of range; allowed: (0, inf)"),

@@ -232,6 +232,11 @@ def faulty_run(output_dir: Path, name: str, settings: str) -> tuple[pd.DataFrame
     return pd.read_csv(run_dir / "rounds.csv"), pd.read_csv(run_dir / "bandwidth.csv")
 
 
+def within_one_point(accuracy: float, reference: float) -> bool:
+    """At most one percentage point apart (0.99 vs 0.98 is one point, float error aside)."""
+    return round(abs(accuracy - reference), 9) <= 0.01
+
+
 @pytest.fixture(scope="module")
 def fault_free(tmp_path_factory):
     """The final accuracy of the same run without faults, per strategy settings (cached)."""
@@ -273,5 +278,48 @@ def test_an_injected_fault_is_logged_and_left_out(tmp_path, fault_free, strategy
     assert set(up.loc[up["partition_id"] != 0, "status"]) == {"delivered"}
     assert rounds["delivered"].tolist() == [0, 4, 4, 4]
     assert pd.notna(rounds["test_loss"]).all() and (rounds["test_loss"] < 1e3).all()
-    final = rounds["test_accuracy"].iloc[-1]
-    assert abs(final - fault_free(strategy)) <= 0.01
+    assert within_one_point(rounds["test_accuracy"].iloc[-1], fault_free(strategy))
+
+
+QSFL_SETTINGS = "strategy='qsfl' qsfl.upload-fraction=1.0"
+
+
+@pytest.mark.parametrize(
+    ("fault", "phase", "status"),
+    [
+        ("fail", "train", "failed"),
+        ("examples", "train", "rejected"),
+        ("garbage", "upload", "rejected"),
+    ],
+)
+def test_a_fault_in_either_qsfl_phase_is_logged_and_left_out(
+    tmp_path, fault_free, fault, phase, status
+):
+    # Execute: client 0 misbehaves in both phases of every round (everybody uploads)
+    settings = f"{QSFL_SETTINGS} faults.kind='{fault}' faults.clients='0'"
+    rounds, messages = faulty_run(tmp_path, "faulty", settings)
+    # Assert: the phase its fault shows in carries the status; a client left out of the
+    # ranking uploads nothing; the other clients deliver in both phases
+    up = messages.query("direction == 'up' and phase in ('train', 'upload')")
+    bad = up[up["partition_id"] == 0]
+    assert set(bad.loc[bad["phase"] == phase, "status"]) == {status}
+    assert set(bad["phase"]) == ({"train"} if phase == "train" else {"train", "upload"})
+    assert set(up.loc[up["partition_id"] != 0, "status"]) == {"delivered"}
+    assert rounds["delivered"].tolist() == [0, 4, 4, 4]
+    assert within_one_point(rounds["test_accuracy"].iloc[-1], fault_free(QSFL_SETTINGS))
+
+
+def test_a_hung_client_times_out_and_the_rounds_go_on(tmp_path, fault_free):
+    # Execute: client 0 holds its round-1 reply back 8 s; a round waits 4 s at most
+    settings = "faults.kind='hang' faults.clients='0' faults.rounds='1' faults.hang-s=8"
+    rounds, messages = faulty_run(tmp_path, "hung", f"{settings} round-timeout-s=4")
+    # Assert: round 1 ends at the timeout without client 0 (its message down is `timeout`,
+    # no reply logged); from round 2 on every client delivers (Flower's simulation runs the
+    # next messages on its other worker while the hung one sleeps)
+    train = messages.query("phase == 'train'")
+    first = train[(train["round"] == 1) & (train["partition_id"] == 0)]
+    assert first[["direction", "status"]].values.tolist() == [["down", "timeout"]]
+    assert set(train.loc[train["round"] > 1, "status"]) == {"delivered"}
+    assert rounds["delivered"].tolist() == [0, 4, 5, 5]
+    assert 4.0 <= rounds["wall_s"].iloc[1] < 6.0
+    assert within_one_point(rounds["test_accuracy"].iloc[-1], fault_free(""))

@@ -70,3 +70,11 @@ def test_fail_raises_and_the_rate_is_a_seeded_draw(flat_config):
         for r in range(1, 21)
     ]
     assert hit == again and 0 < sum(hit) < 20
+
+
+def test_faults_rounds_limits_the_fault_to_those_rounds(flat_config):
+    hit = [
+        np.isnan(run(dict(flat_config), 0, r, kind="nan", clients="0", rounds="2,4")["b"]).all()
+        for r in range(1, 6)
+    ]
+    assert hit == [False, True, False, True, False]

@@ -115,6 +115,25 @@ def test_drop_leaves_out_the_clients_late_for_the_deadline(flat_config, tmp_path
     assert (row["selected"], row["delivered"], row["sim_time_s"]) == (4, 2, 4.0)
 
 
+@pytest.mark.parametrize("examples", [float("inf"), float("nan"), 10**9])
+def test_a_nonsense_example_count_is_rejected_and_times_no_compute(flat_config, tmp_path, examples):
+    # Prepare: client 1 claims an example count no partition holds
+    strategy, grid, recorder = network_strategy(
+        flat_config, tmp_path, **{"net.policy": "drop", "net.deadline-s": 4.0}
+    )
+    messages = list(strategy.configure_train(1, dense_model(), ConfigRecord(), grid))
+    replies = [train_reply(m, float(i + 1), loss=float(i)) for i, m in enumerate(messages)]
+    replies[1].content[keys.METRICS][keys.NUM_EXAMPLES] = examples
+    # Execute
+    strategy.aggregate_train(1, replies)
+    # Assert: rejected; its upload starts when its download ends (1 s: no compute counted)
+    # and takes about 1 s at U (the count's encoding changes the reply by a few bytes)
+    up = {int(r["partition_id"]): r for r in train_rows(recorder) if r["direction"] == "up"}
+    assert up[1]["status"] == "rejected"
+    assert float(up[1]["sim_start_s"]) == 1.0
+    assert float(up[1]["sim_end_s"]) == pytest.approx(2.0, abs=1e-3)
+
+
 def test_the_next_round_starts_where_the_last_one_ended(flat_config, tmp_path):
     strategy, grid, recorder = network_strategy(
         flat_config, tmp_path, **{"net.policy": "drop", "net.deadline-s": 4.0}

@@ -210,7 +210,8 @@ def test_an_upload_without_this_rounds_update_is_an_error():
 class ReportingGrid(FakeGrid):
     """Answers the query like FakeGrid and train messages with hand-built reports."""
 
-    def __init__(self, reports: dict[int, tuple[float, float] | None]) -> None:
+    def __init__(self, reports: dict[int, tuple]) -> None:
+        """`reports`: partition -> (loss, relevance[, examples]); 10 examples by default."""
         super().__init__(len(reports))
         self.reports = reports
 
@@ -220,9 +221,9 @@ class ReportingGrid(FakeGrid):
         replies = []
         for msg in messages:
             pid = self.partition_of_node[msg.metadata.dst_node_id]
-            loss, relevance = self.reports[pid]
+            loss, relevance, examples = (*self.reports[pid], 10)[:3]
             metrics = MetricRecord(
-                {keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: 10, keys.RELEVANCE: relevance}
+                {keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: examples, keys.RELEVANCE: relevance}
             )
             replies.append(Message(RecordDict({keys.METRICS: metrics}), reply_to=msg))
         return replies
@@ -306,6 +307,22 @@ def test_a_malformed_report_is_left_out_of_the_ranking(flat_config, tmp_path):
         ("2", "rejected"),
         ("3", "delivered"),
     ]
+
+
+@pytest.mark.parametrize("examples", [float("nan"), 10**6])
+def test_a_report_whose_example_count_is_no_count_of_its_partition_is_left_out(
+    flat_config, tmp_path, examples
+):
+    reports = {0: (1.0, 0.4), 1: (2.0, 0.2, examples)}
+    flat_config.update({"strategy": "qsfl", "fraction-train": 1.0, "qsfl.upload-fraction": 1.0})
+    recorder = Recorder(tmp_path / "run")
+    strategy = QsflFedAvg(parse(flat_config), recorder)
+    grid = ReportingGrid(reports)
+    strategy.discover_partitions(grid)
+    requests = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    assert [grid.partition_of_node[m.metadata.dst_node_id] for m in requests] == [0]
+    train_up = [r for r in read_rows(recorder) if (r["phase"], r["direction"]) == ("train", "up")]
+    assert [r["status"] for r in train_up] == ["delivered", "rejected"]
 
 
 def test_on_a_network_each_phase_is_timed_and_a_late_report_is_dropped(flat_config, tmp_path):

@@ -11,6 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from flower_app.config import parse
 from flower_app.recorder import Recorder
+from flower_app.task import client_data
 from mods import keys
 from strategies import BandwidthFedAvg
 from strategies.discovery import wait_for_nodes
@@ -160,6 +161,44 @@ def test_an_example_count_that_is_no_finite_positive_count_is_rejected(
     assert arrays is None  # nothing usable: the global model is kept
     up = [r for r in read_rows(recorder) if r["phase"] == "train" and r["direction"] == "up"]
     assert [r["status"] for r in up] == ["rejected"]
+
+
+def test_an_example_count_beyond_the_clients_partition_is_rejected(flat_config, tmp_path):
+    # Prepare: the server's bound is the client's own data, partition by partition
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path, **{"fraction-train": 1.0})
+    config = parse(flat_config)
+    client_sizes = [len(client_data(config, pid, 4)) for pid in range(4)]
+    assert list(strategy.partition_sizes) == client_sizes
+    assert sum(client_sizes) == 2000  # the synthetic training set
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
+    # Execute: partition 0 claims one sample more than it holds, 1 exactly what it holds
+    replies = [
+        train_reply(messages[0], 1.0, examples=client_sizes[0] + 1),
+        train_reply(messages[1], 3.0, examples=client_sizes[1]),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # Assert
+    up = [r for r in read_rows(recorder) if r["phase"] == "train" and r["direction"] == "up"]
+    assert [r["status"] for r in up] == ["rejected", "delivered"]
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.full((2, 3), 3.0, np.float32))
+
+
+def test_evaluation_metrics_that_cannot_be_averaged_are_rejected(flat_config, tmp_path):
+    # Prepare: every client evaluates; one adds a key, one sends NaN, one fails
+    strategy, grid, recorder = make_strategy(flat_config, tmp_path, **{"fraction-evaluate": 1.0})
+    messages = list(strategy.configure_evaluate(1, model(), ConfigRecord(), grid))
+    good = {keys.EVAL_LOSS: 0.5, keys.EVAL_ACCURACY: 0.75, keys.NUM_EXAMPLES: 10}
+    contents = [good, good | {"injected": 1.0}, good | {keys.EVAL_LOSS: float("nan")}]
+    replies = [
+        Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=message)
+        for metrics, message in zip(contents, messages, strict=False)
+    ] + [Message(Error(code=0, reason="client crashed"), reply_to=messages[3])]
+    # Execute
+    metrics = strategy.aggregate_evaluate(1, replies)
+    # Assert: the good reply alone is averaged; Flower's aggregation never saw the others
+    up = [r for r in read_rows(recorder) if r["phase"] == "evaluate" and r["direction"] == "up"]
+    assert [r["status"] for r in up] == ["delivered", "rejected", "rejected", "failed"]
+    assert dict(metrics) == {keys.EVAL_LOSS: 0.5, keys.EVAL_ACCURACY: 0.75}
 
 
 def test_foreign_metric_keys_other_dtypes_and_a_nan_loss_are_rejected(flat_config, tmp_path):
