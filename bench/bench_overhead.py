@@ -24,9 +24,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flower_app.config import parse, resolve, selected_count  # noqa: E402
-from flower_app.models import build_model  # noqa: E402
-from flower_app.task import client_data, evaluate, local_train, test_data  # noqa: E402
+from experiment.config import parse, resolve, selected_count  # noqa: E402
+from experiment.models import build_model  # noqa: E402
+from experiment.task import client_data, evaluate, local_train, test_data  # noqa: E402
 from strategies.selection import TRAIN_STREAM, select_partitions  # noqa: E402
 
 

@@ -8,16 +8,16 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flower_app.config import ExperimentConfig, parse
-from flower_app.models import build_model
-from flower_app.task import Tensors, client_data, compute_device, evaluate, local_train
-from mods import keys
+from experiment.config import ExperimentConfig, parse
+from experiment.models import build_model
+from experiment.task import Tensors, client_data, compute_device, evaluate, local_train
 from mods.fault_mod import make_fault_mod
 from mods.qsfl_mod import qsfl_mod, upload_segment
 from mods.quant_mod import quant_mod
 from mods.size_mod import payload_size_mod
 from mods.stc_mod import stc_mod
 from mods.topk_mod import topk_mod
+from protocol import keys
 
 
 def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:

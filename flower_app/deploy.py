@@ -26,9 +26,9 @@ from typing import Any
 import pandas as pd
 import psutil
 
+from experiment.config import ConfigError
 from flower_app.byte_meter import EXCHANGE_COLUMNS, ByteMeter
 from flower_app.certificates import write_node_key, write_tls_files
-from flower_app.config import ConfigError
 from flower_app.launch import (
     CONNECTION,
     command_line,

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import tomli_w
 
-from flower_app.config import PYPROJECT, ConfigError, resolve
+from experiment.config import PYPROJECT, ConfigError, resolve
 from flower_app.preflight import preflight
 from flower_app.processes import (
     FLWR_ROOT,

@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flower_app.config import (
+from experiment.config import (
     ConfigError,
     ExperimentConfig,
     check_selection,
     default_run_name,
     parse,
 )
-from flower_app.data import load_dataset
-from flower_app.task import partition_indices
+from experiment.data import load_dataset
+from experiment.task import partition_indices
 from strategies.network import check_network
 
 

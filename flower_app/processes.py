@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from flower_app.config import PYPROJECT
+from experiment.config import PYPROJECT
 
 FLWR_ROOT = PYPROJECT.parent / ".flwr"  # every launch's Flower home lies below
 LOOPBACK = "127.0.0.1"

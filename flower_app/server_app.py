@@ -10,12 +10,12 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from flower_app.config import ConfigError, check_selection, default_run_name, parse
-from flower_app.data import DatasetError
-from flower_app.models import build_model
+from experiment.config import ConfigError, check_selection, default_run_name, parse
+from experiment.dataset import DatasetError
+from experiment.models import build_model
+from experiment.recorder import Recorder
+from experiment.task import compute_device, evaluate, test_data
 from flower_app.plots import write_run_plots
-from flower_app.recorder import Recorder
-from flower_app.task import compute_device, evaluate, test_data
 from strategies import PRESETS
 from strategies.accounting import dense_bytes
 from strategies.discovery import DiscoveryError

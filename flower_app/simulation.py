@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from flower_app.config import ConfigError, resolve
-from flower_app.data import DatasetError
+from experiment.config import ConfigError, resolve
+from experiment.dataset import DatasetError
+from experiment.task import compute_device
 from flower_app.preflight import preflight
 from flower_app.processes import new_home, ray_tmpdir, remove_home, start_watchdog, stop_trees
-from flower_app.task import compute_device
 
 DEFAULT_GPU_FRACTION = 0.2
 

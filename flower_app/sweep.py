@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from flower_app.config import ConfigError, flatten, parse, resolve
+from experiment.config import ConfigError, flatten, parse, resolve
 from flower_app.plots import plot_comparison
 from flower_app.report import summarize
 

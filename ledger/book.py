@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from flwr.app import Message
 
 from ledger.levels import Levels, measure
-from mods import keys
+from protocol import keys
 
 LEVELS = ("payload", "content", "message", "transport")
 DIRECTIONS = ("down", "up")

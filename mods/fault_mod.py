@@ -20,8 +20,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from flower_app.config import FaultConfig, parse
-from mods import keys
+from experiment.config import FaultConfig, parse
+from protocol import keys
 
 FAULT_STREAM = 4
 TRAIN_TYPES = (MessageType.TRAIN, keys.UPLOAD)  # the messages whose replies carry an update

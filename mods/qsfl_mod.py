@@ -16,20 +16,17 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedcodec import quant, topk
-from fedcodec.checks import decoder, typed
-from fedcodec.encoded import Encoded
 from fedcodec.flat import flatten
-from fedcodec.quant import QuantSpec
 from fedcodec.segments import segment_bounds
-from mods import keys
-from mods.quant_mod import spec_from_config
 from mods.uplink import codec_config, uplink_rng
+from protocol import keys
+from protocol.qsfl import CODEC, encode_segment, unpack_signs
+from protocol.quant import spec_from_config
 
 
 def qsfl_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Phase 1: train, keep the update, reply with loss, relevance and examples only."""
-    config = codec_config(msg, "qsfl")
+    config = codec_config(msg, CODEC)
     if config is None:
         return call_next(msg, context)
     signs = msg.content.array_records.get(keys.QSFL_SIGNS)
@@ -87,50 +84,6 @@ def upload_segment(msg: Message, context: Context) -> Message:
     return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), reply_to=msg)
 
 
-def encode_segment(
-    values: np.ndarray,
-    top_p: float,
-    spec: QuantSpec | None = None,
-    rng: np.random.Generator | None = None,
-) -> Encoded:
-    """A segment as it travels: float32 `values`, its top-p entries, or quantized by `spec`."""
-    if spec is not None:
-        return quant.encode([values], spec, rng)
-    if top_p < 1.0:
-        return topk.encode([values], top_p)
-    return Encoded({"values": values.astype(np.float32)}, 32 * values.size)
-
-
-@decoder
-def decode_segment(
-    arrays: dict[str, np.ndarray], size: int, spec: QuantSpec | None = None
-) -> tuple[np.ndarray, int]:
-    """Inverse of `encode_segment`: the segment's `size` values and the payload bits read.
-
-    Raises DecodeError for malformed arrays.
-    """
-    if spec is not None:
-        (values,), bits = quant.decode_arrays(arrays, [(size,)], spec)
-        return values, bits
-    if set(arrays) == {"values"}:
-        return typed(arrays, "values", np.float32, size), 32 * size
-    (values,), bits = topk.decode_arrays(arrays, [(size,)])
-    return values, bits
-
-
 def sign_agreement(values: np.ndarray, positive: np.ndarray) -> float:
     """Fraction of entries where (values > 0) equals `positive`."""
     return float(np.mean((values > 0) == positive))
-
-
-def pack_signs(update: np.ndarray) -> np.ndarray:
-    """The signs of a flat update as packed bits (1 where > 0): ceil(N / 8) bytes."""
-    return np.packbits(update > 0)
-
-
-def unpack_signs(packed: np.ndarray, size: int) -> np.ndarray:
-    """Inverse of `pack_signs` for a flat update of `size` entries."""
-    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8))
-    if bits.size < size or bits.size - size >= 8:
-        raise ValueError(f"{packed.size} sign bytes do not fit {size} entries")
-    return bits[:size].astype(bool)

@@ -18,7 +18,7 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from ledger.levels import message_bytes
-from mods import keys
+from protocol import keys
 
 
 def payload_size_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

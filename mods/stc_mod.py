@@ -14,16 +14,17 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec import stc
-from mods import keys
 from mods.uplink import codec_config, to_record, train_and_encode, uplink_rng
+from protocol import keys
+from protocol.stc import CODEC, apply_catch_up
 
 
 def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Decode an STC downlink and encode the update; pass other messages through."""
-    config = codec_config(msg, "stc")
+    config = codec_config(msg, CODEC)
     if config is None:
         return call_next(msg, context)
-    received = receive_model(msg, context)
+    received = rebuild_global_model(msg, context)
     rng = uplink_rng(config, context)
     p, approx = float(config[keys.STC_P_UP]), float(config[keys.STC_APPROX])
     shapes = [value.shape for value in received.values()]
@@ -38,22 +39,17 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
     )
 
 
-def receive_model(msg: Message, context: Context) -> dict[str, np.ndarray]:
-    """The global model this message brings: dense, or own copy + the deltas sent."""
+def rebuild_global_model(msg: Message, context: Context) -> dict[str, np.ndarray]:
+    """The global model this message brings: dense, or own copy + the deltas sent.
+
+    The result becomes the client's copy of the global model (in `context.state`).
+    """
     content = msg.content
     if keys.DOWN in content.array_records:
         own = context.state.array_records.get(keys.STATE_GLOBAL)
         if own is None:
             raise RuntimeError("STC deltas arrived but this client holds no global model")
-        model = {name: array.numpy().copy() for name, array in own.items()}
-        deltas = content.array_records[keys.DOWN]
-        shapes = [value.shape for value in model.values()]
-        for server_round in content[keys.CONFIG][keys.DOWN_ROUNDS]:
-            arrays = {part: deltas[f"{server_round}.{part}"].numpy() for part in stc.ARRAY_NAMES}
-            decoded, _ = stc.decode_arrays(arrays, shapes)
-            for name, value in zip(model, decoded, strict=True):
-                model[name] += value
-        del content[keys.DOWN]
+        model = apply_catch_up({name: array.numpy() for name, array in own.items()}, content)
     else:
         model = {name: array.numpy() for name, array in content[keys.ARRAYS].items()}
     context.state[keys.STATE_GLOBAL] = to_record(model)

@@ -11,10 +11,9 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec import topk
-from mods import keys
 from mods.uplink import codec_config, train_and_encode
-
-CODEC = "topk"
+from protocol import keys
+from protocol.topk import CODEC
 
 
 def topk_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -10,7 +10,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec.encoded import Encoded
 from fedcodec.feedback import error_feedback_step
-from mods import keys
+from protocol import keys
 
 Tensors = list[np.ndarray]
 

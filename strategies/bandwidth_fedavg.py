@@ -23,12 +23,12 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from flower_app.config import ExperimentConfig, selected_count
-from flower_app.recorder import Recorder
-from flower_app.task import partition_indices, samples_processed
+from experiment.config import ExperimentConfig, selected_count
+from experiment.recorder import Recorder
+from experiment.task import partition_indices, samples_processed
 from ledger.book import LEVELS, Ledger, Received
-from mods import keys
 from netsim.rounds import Timeline, Transfer
+from protocol import keys
 from strategies.accounting import dense_fields
 from strategies.discovery import (
     NODE_POLL_S,

@@ -14,7 +14,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from fedcodec.checks import DecodeError
-from mods import keys
+from protocol import keys
 from strategies.accounting import FLOAT32_BYTES
 from strategies.bandwidth_fedavg import TRAIN_METRICS, BandwidthFedAvg
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from functools import partial
 
-from flower_app.config import ConfigError, NetConfig
+from experiment.config import ConfigError, NetConfig
 from netsim.channel import Channel, mean_snr_at, random_walk, rayleigh
 from netsim.network import (
     DOWN_STREAM,

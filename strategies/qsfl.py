@@ -27,13 +27,12 @@ from flwr.serverapp import Grid
 from fedcodec.checks import DecodeError
 from fedcodec.flat import unflatten
 from fedcodec.segments import average_segments, segment_bounds, segment_id
-from mods import keys
-from mods.qsfl_mod import decode_segment, pack_signs
-from mods.quant_mod import spec_config
+from protocol import keys
+from protocol.qsfl import CODEC, REPORT_METRICS, decode_segment, pack_signs
+from protocol.quant import spec_config
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
 SCALAR_BITS = 64  # a MetricRecord value (float or int) travels as 8 bytes
-REPORT_METRICS = (keys.TRAIN_LOSS, keys.RELEVANCE, keys.NUM_EXAMPLES)  # a phase-1 reply
 SELECTION_COLUMNS = (
     "round",
     "partition_id",
@@ -136,7 +135,7 @@ class QsflFedAvg(CodedFedAvg):
         return content, fields
 
     def codec_entries(self) -> dict:
-        return {keys.CODEC: "qsfl", keys.QSFL_RELEVANCE: self.settings.relevance}
+        return {keys.CODEC: CODEC, keys.QSFL_RELEVANCE: self.settings.relevance}
 
     def _read_report(self, reply: Message) -> tuple[Report | None, str]:
         """A candidate's report and its status (`failed`, `rejected` or `delivered`)."""
@@ -221,7 +220,7 @@ class QsflFedAvg(CodedFedAvg):
             keys.SEED: self.config.seed,
         }
         if self.spec is not None:
-            entries |= spec_config(self.spec, error_feedback=False) | {keys.CODEC: "qsfl"}
+            entries |= spec_config(self.spec, error_feedback=False) | {keys.CODEC: CODEC}
         return entries
 
     def decode_update(

@@ -19,8 +19,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from fedcodec import quant
 from fedcodec.checks import expect_names
 from ledger.levels import pushed_objects_bytes
-from mods import keys
-from mods.quant_mod import quantized_downlink, spec_config
+from protocol import keys
+from protocol.quant import quantized_downlink, spec_config
 from strategies.accounting import FLOAT32_BYTES, dense_fields
 from strategies.coded import CodedFedAvg, DecodedUpdate
 

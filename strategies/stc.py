@@ -1,21 +1,23 @@
 """The `stc` preset: sparse ternary compression on the uplink and the downlink.
 
-Clients send STC-encoded updates (mods/stc_mod.py). The server decodes them, averages them
-weighted by examples, runs its own error feedback and STC at `stc.p-down`, and moves the global
-model by exactly the compressed delta it will send, so that server and clients hold the same
-model. The downlink is honest under partial participation: a client receives the compressed
-deltas of every round since its last sync, or the dense model when that message is smaller.
+Clients send STC-encoded updates (mods/stc_mod.py; the format: protocol/stc.py). The server
+decodes them, averages them weighted by examples, runs its own error feedback and STC at
+`stc.p-down`, and moves the global model by exactly the compressed delta it will send, so that
+server and clients hold the same model. The downlink is honest under partial participation: a
+client receives the compressed deltas of every round since its last sync, or the dense model
+when that message is smaller.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedcodec import stc
 from fedcodec.feedback import error_feedback_step
 from ledger.levels import down_transport_bytes
-from mods import keys
+from protocol import keys
+from protocol.stc import CODEC, catch_up_content, codec_entries
 from strategies.accounting import dense_bytes, dense_fields
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
@@ -49,42 +51,27 @@ class StcFedAvg(CodedFedAvg):
             return dense, dense_fields(arrays)
         # rounds without an accepted update left the model unchanged and sent nothing
         missed = [r for r in range(last + 1, server_round) if r in self.deltas]
-        catch_up = self._catch_up(missed, ConfigRecord(dict(client_config)))
+        deltas = {r: self.deltas[r] for r in missed}
+        catch_up = catch_up_content(deltas, ConfigRecord(dict(client_config)))
         # the choice goes by what travels: every delta array is objects and requests of its own
         if down_transport_bytes(catch_up) >= down_transport_bytes(dense):
             return dense, dense_fields(arrays)
         catch_up_bits = sum(self.deltas[r].payload_bits for r in missed)
-        fields = {"codec": "stc", "payload_bits": catch_up_bits, "dense_bytes": dense_bytes(arrays)}
+        fields = {"codec": CODEC, "payload_bits": catch_up_bits, "dense_bytes": dense_bytes(arrays)}
         return catch_up, fields
-
-    def _catch_up(self, missed: list[int], client_config: ConfigRecord) -> RecordDict:
-        """The message content that carries the compressed deltas of the `missed` rounds."""
-        client_config[keys.DOWN_ROUNDS] = missed
-        deltas = ArrayRecord(
-            {
-                f"{r}.{part}": Array(self.deltas[r].arrays[part])
-                for r in missed
-                for part in stc.ARRAY_NAMES
-            }
-        )
-        return RecordDict({keys.DOWN: deltas, keys.CONFIG: client_config})
 
     def codec_entries(self) -> dict:
         settings = self.config.stc
-        return {
-            keys.CODEC: "stc",
-            keys.STC_P_UP: settings.p_up,
-            keys.STC_APPROX: settings.approx,
-            keys.STC_ACCUMULATE_UP: settings.accumulate_up,
-            keys.SEED: self.config.seed,
-        }
+        return codec_entries(
+            settings.p_up, settings.approx, settings.accumulate_up, self.config.seed
+        )
 
     # ---------------------------------------------------------------- uplink
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
     ) -> DecodedUpdate:
         tensors, bits = stc.decode_arrays(arrays, list(self._global_shapes.values()))
-        return DecodedUpdate(tensors, bits, "stc")
+        return DecodedUpdate(tensors, bits, CODEC)
 
     def apply_update(self, server_round: int, mean: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Server error feedback and STC at p-down; the model moves by exactly what is sent."""

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedcodec import topk
-from mods import keys
-from mods.topk_mod import CODEC
+from protocol.topk import CODEC, codec_entries
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
 
@@ -18,11 +17,7 @@ class TopkFedAvg(CodedFedAvg):
     """FedAvg over top-k sparsified updates."""
 
     def codec_entries(self) -> dict:
-        return {
-            keys.CODEC: CODEC,
-            keys.TOPK_P_UP: self.config.topk.p_up,
-            keys.TOPK_ERROR_FEEDBACK: self.config.topk.error_feedback,
-        }
+        return codec_entries(self.config.topk.p_up, self.config.topk.error_feedback)
 
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]

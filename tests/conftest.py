@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flower_app.config import resolve
+from experiment.config import resolve
 from strategies import bandwidth_fedavg, discovery
 
 

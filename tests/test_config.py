@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from flower_app.config import ConfigError, check_selection, parse, pyproject_defaults, resolve
+from experiment.config import ConfigError, check_selection, parse, pyproject_defaults, resolve
 from flower_app.simulation import main as simulation_main
 from flower_app.simulation import parse_run_config
 

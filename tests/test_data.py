@@ -8,16 +8,10 @@ import struct
 import numpy as np
 import pytest
 
-from flower_app.data import (
-    FASHION_MNIST_DIR,
-    DatasetCorruptError,
-    DatasetMissingError,
-    load_dataset,
-    read_idx,
-    synthetic_dataset,
-)
+from experiment.data import FASHION_MNIST_DIR, load_dataset, read_idx, synthetic_dataset
+from experiment.dataset import DatasetCorruptError, DatasetMissingError
+from experiment.text import text_dataset
 from flower_app.launch import main as launch_main
-from flower_app.text import text_dataset
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from fedcodec import quant, stc, topk
 from fedcodec.checks import DecodeError
 from fedcodec.quant import QuantSpec
-from mods.qsfl_mod import decode_segment, encode_segment
+from protocol.qsfl import decode_segment, encode_segment
 
 SHAPES = [(4, 25), (5,)]
 SEGMENT = 40

@@ -17,17 +17,17 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.cli.build import build_fab_from_disk
 
+from experiment.config import ConfigError, parse
+from experiment.recorder import Recorder
 from flower_app.byte_meter import ByteMeter
 from flower_app.certificates import write_node_key, write_tls_files
 from flower_app.client_app import make_client_app
-from flower_app.config import ConfigError, parse
 from flower_app.launch import nested
 from flower_app.processes import LOOPBACK
-from flower_app.recorder import Recorder
 from flower_app.server_app import run_federation
 from flower_app.transport_check import check
 from ledger.book import CLIENT_KEYS
-from mods import keys
+from protocol import keys
 from strategies import BandwidthFedAvg, bandwidth_fedavg
 from strategies.discovery import DiscoveryError, missing_partitions, setup_problem
 from tests.test_end_to_end import REPO, leftover_processes, run_folder, run_module
@@ -189,11 +189,8 @@ def test_a_client_ignores_the_servers_trace_file_and_output_dir(flat_config):
 def test_the_app_bundle_holds_the_packages_alone():
     names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(REPO))).namelist()
     tops = {name.split("/")[0] for name in names}
-    assert tops == {".info", "pyproject.toml", "flower_app", "strategies", "mods"} | {
-        "fedcodec",
-        "netsim",
-        "ledger",
-    }
+    packages = {"flower_app", "experiment", "strategies", "mods", "protocol", "ledger"}
+    assert tops == {".info", "pyproject.toml", "fedcodec", "netsim"} | packages
     assert "flower_app/client_app.py" in names and "fedcodec/stc.py" in names
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from mods import keys
 from mods.fault_mod import make_fault_mod
+from protocol import keys
 from tests.test_stc_preset import (
     model,
     record,

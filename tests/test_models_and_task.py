@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from flower_app.config import MODEL_PARAMETERS, ConfigError, parse
-from flower_app.data import synthetic_dataset
-from flower_app.models import build_model
-from flower_app.task import (
+from experiment.config import MODEL_PARAMETERS, ConfigError, parse
+from experiment.data import synthetic_dataset
+from experiment.models import build_model
+from experiment.task import (
     client_data,
     compute_device,
     evaluate,

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, Message, MessageType, RecordDict
 
+from experiment.config import ConfigError, parse
 from fedcodec import quant
 from fedcodec.quant import QuantSpec
-from flower_app.config import ConfigError, parse
 from ledger.levels import measure, pushed_objects_bytes
-from mods import keys
 from netsim.rounds import Transfer
+from protocol import keys
 from strategies.network import NetworkClock
 from tests.test_quant_preset import quant_strategy, run_round  # noqa: F401  (fixture)
 from tests.test_stc_preset import SHAPES, model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flower_app.config import ConfigError
+from experiment.config import ConfigError
 from flower_app.launch import main as launch_main
 from flower_app.preflight import preflight
 

@@ -15,14 +15,15 @@ from flwr.app import (
     RecordDict,
 )
 
+from experiment.config import parse
+from experiment.recorder import Recorder
 from fedcodec import topk
 from fedcodec.quant import QuantSpec
 from fedcodec.segments import average_segments, segment_bounds, segment_id
-from flower_app.config import parse
-from flower_app.recorder import Recorder
-from mods import keys
-from mods.qsfl_mod import decode_segment, pack_signs, qsfl_mod, upload_segment
-from mods.quant_mod import spec_config
+from mods.qsfl_mod import qsfl_mod, upload_segment
+from protocol import keys
+from protocol.qsfl import decode_segment, pack_signs
+from protocol.quant import spec_config
 from strategies.qsfl import QsflFedAvg, Report, choose_uploaders, score_reports
 from tests.test_network_preset import write_trace
 from tests.test_strategy import FakeGrid, model, read_rows, task_identity  # noqa: F401

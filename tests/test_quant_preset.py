@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, Error, Message, MessageType, RecordDict
 
+from experiment.config import parse
+from experiment.recorder import Recorder
 from fedcodec import quant
 from fedcodec.quant import QuantSpec
-from flower_app.config import parse
-from flower_app.recorder import Recorder
 from ledger.levels import content_bytes, measure, message_bytes
-from mods import keys
-from mods.quant_mod import quant_mod, quantized_downlink, receive_model, spec_config
+from mods.quant_mod import quant_mod
 from mods.size_mod import payload_size_mod
+from protocol import keys
+from protocol.quant import decode_quantized_model, quantized_downlink, spec_config
 from strategies import QuantFedAvg
 from tests.test_stc_preset import (
     SHAPES,
@@ -126,7 +127,7 @@ def test_quant_mod_passes_other_messages_through():
     reply = quant_mod(train_message(content), context(), trainer(model(1), []))
     assert set(reply.content[keys.ARRAYS]) == {"w", "b"}
     evaluate = Message(content, message_type=MessageType.EVALUATE, dst_node_id=1)
-    assert receive_model(evaluate.content).keys() == {"w", "b"}
+    assert decode_quantized_model(evaluate.content).keys() == {"w", "b"}
 
 
 def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict, steps: dict):

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from flower_app.recorder import BANDWIDTH_COLUMNS, ROUND_COLUMNS, Recorder
+from experiment.recorder import BANDWIDTH_COLUMNS, ROUND_COLUMNS, Recorder
 from flower_app.simulation import finished_run
 
 

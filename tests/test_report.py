@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from flower_app.recorder import BANDWIDTH_COLUMNS, ROUND_COLUMNS
+from experiment.recorder import BANDWIDTH_COLUMNS, ROUND_COLUMNS
 from flower_app.report import main, summarize
 
 # round, selected, delivered, up, down, cum up, cum down, cum (transport bytes), train_loss,

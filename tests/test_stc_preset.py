@@ -16,12 +16,12 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
+from experiment.config import parse
+from experiment.recorder import Recorder
 from fedcodec import stc
-from flower_app.config import parse
-from flower_app.recorder import Recorder
 from ledger.levels import down_transport_bytes
-from mods import keys
 from mods.stc_mod import stc_mod
+from protocol import keys
 from strategies import StcFedAvg
 from tests.test_strategy import FakeGrid, read_rows
 

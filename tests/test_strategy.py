@@ -9,10 +9,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from flower_app.config import parse
-from flower_app.recorder import Recorder
-from flower_app.task import client_data
-from mods import keys
+from experiment.config import parse
+from experiment.recorder import Recorder
+from experiment.task import client_data
+from protocol import keys
 from strategies import BandwidthFedAvg
 from strategies.discovery import wait_for_nodes
 

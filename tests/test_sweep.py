@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from experiment.config import ConfigError
+from experiment.recorder import BANDWIDTH_COLUMNS
 from flower_app import simulation
-from flower_app.config import ConfigError
-from flower_app.recorder import BANDWIDTH_COLUMNS
 from flower_app.sweep import (
     baseline_runs,
     compare,

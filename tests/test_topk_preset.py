@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from experiment.config import parse
+from experiment.recorder import Recorder
 from fedcodec import topk
-from flower_app.config import parse
-from flower_app.recorder import Recorder
-from mods import keys
 from mods.topk_mod import topk_mod
+from protocol import keys
 from strategies import TopkFedAvg
 from tests.test_stc_preset import SHAPES, context, model, record, train_message, trainer
 from tests.test_strategy import FakeGrid, read_rows, task_identity  # noqa: F401

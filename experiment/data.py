@@ -7,11 +7,13 @@ No torchvision: the IDX format is read with numpy. Arrays are `uint8` images of 
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from experiment.dataset import Dataset, DatasetCorruptError, DatasetMissingError
+from experiment.text import text_dataset
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -23,28 +25,6 @@ IDX_FILES = {
 IDX_DTYPES = {0x08: np.uint8}
 NUM_CLASSES = 10
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2000, 500
-
-
-class DatasetError(Exception):
-    """A dataset that cannot be used; the message (one line) says which file and why."""
-
-
-class DatasetMissingError(DatasetError, FileNotFoundError):
-    """The dataset files are not where the config says; the message says how to get them."""
-
-
-class DatasetCorruptError(DatasetError, ValueError):
-    """A dataset file that is truncated, not gzip, not IDX, or inconsistent with the others."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A train/test split of 28x28 grey images with labels in 0..9."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -97,8 +77,6 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
     if name == "synthetic":
         return synthetic_dataset(seed)
     if name == "shakespeare":
-        from flower_app.text import text_dataset
-
         return text_dataset(data_dir)
     if not data_dir and name == "mnist":
         raise DatasetMissingError(

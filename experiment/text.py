@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flower_app.data import Dataset, DatasetMissingError
+from experiment.dataset import Dataset, DatasetMissingError
 
 SHAKESPEARE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "shakespeare"
 WINDOW = 65  # 64 next-byte predictions per window

@@ -1,4 +1,4 @@
-"""Record and metric keys shared by the client app, the mods and the strategies."""
+"""Record, config and metric keys shared by the client app, the mods and the strategies."""
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -12,7 +12,7 @@ TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 
-# Codec instructions in the train ConfigRecord, and the compressed records (see mods/stc_mod.py)
+# Codec instructions in the train ConfigRecord, and the compressed records (see protocol/stc.py)
 CODEC = "codec"
 STC_P_UP = "stc.p-up"
 STC_APPROX = "stc.approx"
@@ -21,7 +21,7 @@ SEED = "seed"
 DOWN_ROUNDS = "down.rounds"  # rounds whose compressed deltas the "down" record carries, in order
 DOWN = "down"  # ArrayRecord of catch-up deltas: "<round>.bits", "<round>.counts", "<round>.means"
 
-# Quantized transmission (see mods/quant_mod.py): the uplink spec, and a quantized downlink
+# Quantized transmission (see protocol/quant.py): the uplink spec, and a quantized downlink
 QUANT_SCHEME = "quant.scheme"  # uniform | fixed | progressive | float
 QUANT_BITS = "quant.bits"
 QUANT_BASE_BITS = "quant.base-bits"
@@ -35,11 +35,11 @@ DOWN_QUANT = "down.quant"  # ArrayRecord of the uniformly quantized global model
 DOWN_NAMES = "down.names"  # its tensor names, in order
 DOWN_SHAPES = "down.shapes"  # per tensor: its rank, then its dimensions
 
-# Top-k uplink (see mods/topk_mod.py)
+# Top-k uplink (see protocol/topk.py)
 TOPK_P_UP = "topk.p-up"
 TOPK_ERROR_FEEDBACK = "topk.error-feedback"
 
-# QSFL (see mods/qsfl_mod.py): phase 1 trains and reports scalars, phase 2 uploads a segment
+# QSFL (see protocol/qsfl.py): phase 1 trains and reports scalars, phase 2 uploads a segment
 UPLOAD = "train.upload"  # message type of the phase-2 request
 QSFL_RELEVANCE = "qsfl.relevance"  # "update" or "weights": what the update's signs are compared to
 QSFL_SIGNS = "qsfl.signs"  # ArrayRecord "signs": packed bits, 1 where the last global update > 0

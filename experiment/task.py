@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from flower_app.config import ConfigError, ExperimentConfig
-from flower_app.data import load_dataset
-from flower_app.partition import split_indices
+from experiment.config import ConfigError, ExperimentConfig
+from experiment.data import load_dataset
+from experiment.partition import split_indices
 
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
 

@@ -1,0 +1,54 @@
+"""How STC messages travel: the codec entries, and the catch-up downlink of missed rounds.
+
+A client that missed rounds receives the compressed deltas of those rounds (ArrayRecord
+`down`, arrays `<round>.<part>`, the rounds in order under `down.rounds` in the config) and
+applies them, in order, to its own copy of the global model (`apply_catch_up`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedcodec import stc
+from protocol import keys
+
+CODEC = "stc"
+
+
+def catch_up_content(deltas: dict[int, stc.Encoded], config: ConfigRecord) -> RecordDict:
+    """The message content that carries the compressed `deltas` (round -> delta), in order."""
+    config[keys.DOWN_ROUNDS] = list(deltas)
+    arrays = ArrayRecord(
+        {
+            f"{server_round}.{part}": Array(delta.arrays[part])
+            for server_round, delta in deltas.items()
+            for part in stc.ARRAY_NAMES
+        }
+    )
+    return RecordDict({keys.DOWN: arrays, keys.CONFIG: config})
+
+
+def apply_catch_up(model: dict[str, np.ndarray], content: RecordDict) -> dict[str, np.ndarray]:
+    """`model` moved by every delta a catch-up content carries (a new dict; `down` removed)."""
+    model = {name: value.copy() for name, value in model.items()}
+    deltas = content.array_records[keys.DOWN]
+    shapes = [value.shape for value in model.values()]
+    for server_round in content[keys.CONFIG][keys.DOWN_ROUNDS]:
+        arrays = {part: deltas[f"{server_round}.{part}"].numpy() for part in stc.ARRAY_NAMES}
+        decoded, _ = stc.decode_arrays(arrays, shapes)
+        for name, value in zip(model, decoded, strict=True):
+            model[name] += value
+    del content[keys.DOWN]
+    return model
+
+
+def codec_entries(p_up: float, approx: float, accumulate_up: bool, seed: int) -> dict:
+    """The train ConfigRecord entries that ask a client for an STC-encoded update."""
+    return {
+        keys.CODEC: CODEC,
+        keys.STC_P_UP: p_up,
+        keys.STC_APPROX: approx,
+        keys.STC_ACCUMULATE_UP: accumulate_up,
+        keys.SEED: seed,
+    }
