@@ -1,17 +1,25 @@
-"""Which node holds which partition: the checks behind the one-off partition-id query.
+"""Which node holds which partition, learnt once by a partition-id query (phase `query`, round 0).
 
 Every node must report `partition-id` and `num-partitions` (its node config); together they
 must cover 0 .. num-partitions - 1 exactly once, all with the same num-partitions. Anything
-else is one `DiscoveryError` before round 1, naming the node and what is missing.
+else is one `DiscoveryError` before round 1, naming the node and what is missing. Everything
+after discovery addresses partitions, never Flower's run-specific node ids.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from ledger.book import Ledger
+from protocol import keys
+
 NODE_POLL_S, NODES_STABLE_POLLS = 0.2, 5  # the node count must hold for 1 s
+QUERY_TIMEOUT_S = 600.0
+DISCOVERY_TIMEOUT_S = 120.0  # how long to wait for nodes of a deployment that join late
 NODE_CONFIG_HINT = "start each SuperNode with --node-config 'partition-id=<i> num-partitions=<n>'"
 
 Report = tuple[int, int] | None  # (partition-id, num-partitions), or None when not reported
@@ -82,3 +90,78 @@ def coverage_problem(reports: dict[int, Report], waited_s: float) -> str:
         f"no node has partition-id {missing} after {waited_s:.0f} s "
         f"({len(reports)} node(s) answered); {NODE_CONFIG_HINT}"
     )
+
+
+class Directory:
+    """The map between partitions and the nodes that hold them (one node per partition)."""
+
+    def __init__(self) -> None:
+        self.node_of: dict[int, int] = {}  # partition_id -> node_id
+        self.partition_of: dict[int, int] = {}  # node_id -> partition_id
+
+    def discover(self, grid: Grid, ledger: Ledger) -> int:
+        """Ask every node for its partition id (one small real message each way, logged).
+
+        Nodes that join later (a deployment) are waited for until every partition id in
+        0 .. num-partitions - 1 has its node, at most `DISCOVERY_TIMEOUT_S`; a node without
+        ids, a repeated id or a gap left at the deadline is a `DiscoveryError`. Returns the
+        number of partitions.
+        """
+        deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
+        reports: dict[int, Report] = {}
+        node_ids = wait_for_nodes(grid, DISCOVERY_TIMEOUT_S)
+        while True:
+            new = [node_id for node_id in node_ids if node_id not in reports]
+            reports |= self._query(grid, ledger, new, reports)
+            if reports and not missing_partitions(reports):
+                return len(self.node_of)
+            if time.monotonic() > deadline:
+                raise DiscoveryError(coverage_problem(reports, DISCOVERY_TIMEOUT_S))
+            time.sleep(NODE_POLL_S)
+            node_ids = sorted(grid.get_node_ids())
+
+    def partition(self, reply: Message) -> int:
+        """The partition of a reply's sender (-1 for a node that is not known)."""
+        return self.partition_of.get(reply.metadata.src_node_id, -1)
+
+    def in_order(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies in partition order: logs and float sums do not depend on arrival."""
+        return sorted(replies, key=self.partition)
+
+    def _query(
+        self, grid: Grid, ledger: Ledger, node_ids: list[int], known: dict[int, Report]
+    ) -> dict[int, Report]:
+        """Query `node_ids`, check their answers with those `known`, then map and log them."""
+        if not node_ids:
+            return {}
+        messages = [
+            Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
+            for node_id in node_ids
+        ]
+        replies = grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S)
+        reports = {reply.metadata.src_node_id: partition_report(reply) for reply in replies}
+        problem = setup_problem(known | reports)
+        if problem:
+            raise DiscoveryError(problem)
+        for node_id, (partition_id, _) in reports.items():
+            self.node_of[partition_id] = node_id
+            self.partition_of[node_id] = partition_id
+        sent = {message.metadata.dst_node_id: message for message in messages}
+        for reply in self.in_order(replies):
+            partition_id = self.partition(reply)
+            ledger.sent(0, partition_id, "query", sent[reply.metadata.src_node_id], {})
+            ledger.replied(0, "query", partition_id, reply, "delivered", ledger.receive(reply), {})
+        return reports
+
+
+def partition_report(reply: Message) -> Report:
+    """(partition-id, num-partitions) from a query reply; None when it has none."""
+    if reply.has_error():
+        raise DiscoveryError(
+            f"node {reply.metadata.src_node_id} failed the partition-id query: {reply.error.reason}"
+        )
+    metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
+    ids = metrics.get(keys.PARTITION_ID), metrics.get(keys.NUM_PARTITIONS)
+    if not all(isinstance(value, int) for value in ids):
+        return None
+    return int(ids[0]), int(ids[1])

@@ -1,17 +1,20 @@
 """The simulated network of a run, adapted from `netsim` to the `net.*` run-config.
 
-`NetworkClock` holds the simulated time. Each train round (or each phase of one: QSFL has two)
-it takes the sizes actually sent (down and up, in bytes as measured) and the samples each
-client trained on, times every client's messages, applies the straggler policy (the deadline
-counts from the phase's start) and moves the clock to the phase's end.
+`NetworkClock` holds the simulated time; `RoundTimer` times a strategy's phases on it. Each
+train round (or each phase of one: QSFL has two) it takes the sizes actually sent (down and
+up, in bytes as measured) and the samples each client trained on, times every client's
+messages, applies the straggler policy (the deadline counts from the phase's start) and moves
+the clock to the phase's end.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import astuple, dataclass
 from functools import partial
 
 from experiment.config import ConfigError, NetConfig
+from ledger.levels import Levels
 from netsim.channel import Channel, mean_snr_at, random_walk, rayleigh
 from netsim.network import (
     DOWN_STREAM,
@@ -117,3 +120,66 @@ def check_network(net: NetConfig, seed: int, num_clients: int) -> None:
     """Build every client's links once, so a bad trace fails before Flower starts."""
     if net.simulated:
         NetworkClock(net, seed).start(list(range(num_clients)))
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What a reply brings to the timing of its phase."""
+
+    samples: int  # training samples the client processed (0 outside phase train)
+    bits: int  # transport bits of the reply
+    refinement_bits: int  # of which may come late (a progressive refinement, sent last)
+    requests: int  # HTTP requests of the reply
+
+
+class RoundTimer:
+    """Simulated times of each phase's messages and the straggler policy's verdicts.
+
+    Without a simulated network (`clock` None) nothing is timed and every verdict is empty.
+    """
+
+    def __init__(self, clock: NetworkClock | None) -> None:
+        self.clock = clock
+        self._timelines: dict[str, dict[int, Timeline]] = {}  # phase -> partition -> times
+        self.late_refinements: set[int] = set()  # clients whose refinement missed the deadline
+
+    def begin_round(self) -> None:
+        """Forget the last round's times; the rates logged for this round begin now."""
+        self._timelines = {}
+        if self.clock is not None:
+            self.clock.begin_round()
+
+    def time_phase(
+        self, phase: str, down: dict[int, Levels], uploads: dict[int, Upload], keep: int
+    ) -> dict[int, str]:
+        """Time a phase: each message by its transport bytes, plus one round-trip per request.
+
+        `down`: the levels of every message sent in the phase; `uploads`: the replies that
+        came. Returns the policy's status (`delivered`, `partial` or `dropped`) per uploader.
+        """
+        self.late_refinements = set()
+        if self.clock is None:
+            return {}
+        transfers = [
+            Transfer(
+                partition_id,
+                8 * levels.transport_bytes,
+                *astuple(uploads.get(partition_id, Upload(0, 0, 0, 0))),
+                down_requests=levels.requests,
+            )
+            for partition_id, levels in down.items()
+        ]
+        self._timelines[phase], status = self.clock.run_round(transfers, set(uploads), keep)
+        self.late_refinements = {p for p, s in status.items() if s == "partial"}
+        return status
+
+    def sim_times(
+        self, partition_id: int, phase: str, direction: str, status: str
+    ) -> tuple[float | str, float | str]:
+        """A message's simulated start and end ("" without a network or a reply)."""
+        timeline = self._timelines.get(phase, {}).get(partition_id)
+        if timeline is None or (status in ("failed", "timeout") and direction == "up"):
+            return "", ""
+        if direction == "down":
+            return round(timeline.down_start, 6), round(timeline.down_end, 6)
+        return round(timeline.up_start, 6), round(timeline.up_end, 6)

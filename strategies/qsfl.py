@@ -147,7 +147,7 @@ class QsflFedAvg(CodedFedAvg):
         if metrics is None or len(reply.content) != 1:
             problem = "expected one MetricRecord 'metrics'"
         else:
-            problem = self.metrics_problem(reply, metrics, REPORT_METRICS)
+            problem = self.check_metrics(reply, metrics, REPORT_METRICS)
             problem = problem or _scores_problem(metrics)
         if problem:
             log(WARNING, "node %s sent a malformed report (%s); left out", node_id, problem)
@@ -205,7 +205,7 @@ class QsflFedAvg(CodedFedAvg):
             )
             content = RecordDict({keys.CONFIG: request})
             message = Message(
-                content, message_type=keys.UPLOAD, dst_node_id=self.node_of[partition_id]
+                content, message_type=keys.UPLOAD, dst_node_id=self.directory.node_of[partition_id]
             )
             self.ledger.sent(server_round, partition_id, "upload", message, {})
             messages.append(message)
@@ -242,7 +242,7 @@ class QsflFedAvg(CodedFedAvg):
         sent = [
             (
                 self._segments[self._partition(r)],
-                self._decoded[id(r.content)].tensors[0],
+                self._decoded[self._partition(r)].tensors[0],
                 float(r.content[keys.METRICS][keys.NUM_EXAMPLES]),
             )
             for r in accepted

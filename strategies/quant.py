@@ -95,7 +95,7 @@ class QuantFedAvg(CodedFedAvg):
 
     def _refinement_lost(self, server_round: int, partition_id: int) -> bool:
         """Lost to the network's deadline, or to the seeded `quant.refine-loss` draw."""
-        if partition_id in self._late_refinements:
+        if partition_id in self.timer.late_refinements:
             return True
         loss = self.config.quant.refine_loss
         rng = np.random.default_rng(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 
 from experiment.config import resolve
-from strategies import bandwidth_fedavg, discovery
+from strategies import discovery
 
 
 @pytest.fixture(autouse=True)
 def no_node_polling_delay(monkeypatch):
     """Hand-built grids know their nodes at once: poll them without sleeping."""
     monkeypatch.setattr(discovery, "NODE_POLL_S", 0.0)
-    monkeypatch.setattr(bandwidth_fedavg, "NODE_POLL_S", 0.0)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from flower_app.server_app import run_federation
 from flower_app.transport_check import check
 from ledger.book import CLIENT_KEYS
 from protocol import keys
-from strategies import BandwidthFedAvg, bandwidth_fedavg
+from strategies import BandwidthFedAvg, discovery
 from strategies.discovery import DiscoveryError, missing_partitions, setup_problem
 from tests.test_end_to_end import REPO, leftover_processes, run_folder, run_module
 from tests.test_strategy import FakeGrid, read_rows, task_identity  # noqa: F401
@@ -115,7 +115,7 @@ class LateGrid(FakeGrid):
 def test_discovery_waits_for_a_node_that_joins_late(flat_config, tmp_path):
     strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
     assert strategy.discover_partitions(LateGrid()) == 3
-    assert strategy.node_of == {0: 1000, 1: 1007, 2: 1014}
+    assert strategy.directory.node_of == {0: 1000, 1: 1007, 2: 1014}
     rows = read_rows(strategy.recorder)
     assert [row["partition_id"] for row in rows] == ["0", "0", "1", "1", "2", "2"]
 
@@ -126,7 +126,7 @@ def test_discovery_names_the_missing_partition_at_the_deadline(flat_config, tmp_
             super().__init__(3)
             del self.partition_of_node[1007]
 
-    monkeypatch.setattr(bandwidth_fedavg, "DISCOVERY_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(discovery, "DISCOVERY_TIMEOUT_S", 0.0)
     strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
     with pytest.raises(DiscoveryError, match="^no node has partition-id 1 after 0 s"):
         strategy.discover_partitions(GapGrid())

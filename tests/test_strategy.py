@@ -83,7 +83,7 @@ def read_rows(recorder: Recorder, name: str = "bandwidth.csv") -> list[dict]:
 
 def test_discovery_maps_nodes_to_partitions_and_logs_the_query(flat_config, tmp_path):
     strategy, _, recorder = make_strategy(flat_config, tmp_path)
-    assert strategy.node_of == {0: 1000, 1: 1007, 2: 1014, 3: 1021}
+    assert strategy.directory.node_of == {0: 1000, 1: 1007, 2: 1014, 3: 1021}
     rows = read_rows(recorder)
     assert [(r["phase"], r["direction"], r["partition_id"]) for r in rows[:3]] == [
         ("query", "down", "0"),
