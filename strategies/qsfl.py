@@ -97,14 +97,24 @@ class QsflFedAvg(CodedFedAvg):
         self._signs: np.ndarray | None = None  # packed signs of the last global update
         self._segments: dict[int, int] = {}  # partition -> segment asked of it this round
 
-    # ---------------------------------------------------------------- phase 1
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Run phase 1 (train, report scalars) here; return phase 2's upload requests."""
+        """Phase 1 (train, report scalars) runs here; phase 2's upload requests are returned.
+
+        Flower's round has one exchange (configure, send and receive, aggregate): phase 1 is
+        a full exchange of its own before it, so that Flower's loop runs phase 2 as the round's
+        exchange and `aggregate_train` receives the segments.
+        """
         candidates = list(super().configure_train(server_round, arrays, config, grid))
         timeout = self.config.round_timeout_s
         replies = self._sorted(grid.send_and_receive(candidates, timeout=timeout))
+        reports = self._read_reports(server_round, replies)
+        return self._request_uploads(server_round, reports)
+
+    # ---------------------------------------------------------------- phase 1
+    def _read_reports(self, server_round: int, replies: list[Message]) -> list[Report]:
+        """Log phase 1's replies; the reports of the candidates that may be ranked."""
         received = [self.ledger.receive(reply) for reply in replies]
         network_status = self._time_round("train", replies, received)
         reports = []
@@ -116,7 +126,7 @@ class QsflFedAvg(CodedFedAvg):
             if report is not None:
                 reports.append(report)
         self.ledger.flush_pending("train")
-        return self._request_uploads(server_round, reports)
+        return reports
 
     def downlink(
         self,
