@@ -1,75 +1,109 @@
-"""Run-config: pyproject defaults, overrides, and validation into a frozen dataclass.
+"""Run-config: pyproject defaults, overrides, and validation into frozen pydantic models.
 
-Every check runs before round 1 and fails with a `ConfigError` whose message is one
-line naming the key, the value and what is allowed.
+Every check runs before round 1 and fails with a `ConfigError` whose message is one line
+naming the key, the value and what is allowed (pydantic's errors, translated by
+`_message`). Keys are Flower's flat kebab-case run-config keys; dotted sub-tables (`stc.p-up`)
+become nested models (`config.stc.p_up`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
-import tomllib
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from annotated_types import Ge, Gt, Le, Lt
+from flwr.common.config import flatten_dict, get_project_config, unflatten_dict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcodec.quant import CODE_BITS, QuantSpec
 from netsim.rounds import POLICIES
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
-STRATEGIES = ("fedavg", "stc", "topk", "quant", "qsfl")
 MODEL_PARAMETERS = {"cnn": 1_663_370, "logistic": 7_850, "pythia-14m": 14_067_712}  # tested
-MODELS = tuple(MODEL_PARAMETERS)
 IMAGE_DATASETS, TEXT_DATASETS = ("fashion-mnist", "mnist", "synthetic"), ("shakespeare",)
-DATASETS = IMAGE_DATASETS + TEXT_DATASETS
 TEXT_MODELS = ("pythia-14m",)
-PARTITIONERS = ("iid", "dirichlet", "classes")
-QUANT_SCHEMES = ("uniform", "fixed", "progressive", "float", "e4m3", "e5m2")
 FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
-CHANNELS = ("none", "random-walk", "rayleigh", "trace")
-DEVICES = ("auto", "cpu", "cuda")
-RELEVANCE = ("update", "weights")
+FAULT_KINDS = ("none", "fail", "hang", "nan", "huge", "garbage", "truncate", "examples")
+FAULT_KINDS += ("metrics", "dtype")
+
+Strategy = Literal["fedavg", "stc", "topk", "quant", "qsfl"]
+Model = Literal["cnn", "logistic", "pythia-14m"]
+DatasetName = Literal["fashion-mnist", "mnist", "synthetic", "shakespeare"]
+Channel = Literal["none", "random-walk", "rayleigh", "trace"]
+Policy = Literal[POLICIES]  # type: ignore[valid-type]
+FaultKind = Literal[FAULT_KINDS]  # type: ignore[valid-type]
+
+Fraction = Annotated[float, Field(gt=0, le=1)]  # (0, 1]
+Share = Annotated[float, Field(ge=0, le=1)]  # [0, 1]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=1)]
+CodeBits = Annotated[int, Field(ge=1, le=CODE_BITS - 1)]
 
 
 class ConfigError(ValueError):
     """A run-config value that is not allowed; the message is meant for the user."""
 
 
-@dataclass(frozen=True)
-class StcConfig:
+class _Frozen(BaseModel):
+    """Immutable and hashable (a config keys caches), strict types, finite numbers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class StcConfig(_Frozen):
     """`stc.*`: sparse ternary compression on both links (used when strategy = "stc")."""
 
-    p_up: float
-    p_down: float
+    p_up: Fraction
+    p_down: Fraction
     accumulate_up: bool
     accumulate_down: bool
-    approx: float
+    approx: Fraction
 
 
-@dataclass(frozen=True)
-class TopkConfig:
+class TopkConfig(_Frozen):
     """`topk.*`: top-k sparsified uplink, float32 values (used when strategy = "topk")."""
 
-    p_up: float
+    p_up: Fraction
     error_feedback: bool
 
 
-@dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(_Frozen):
     """`quant.*`: quantized uplink and optional downlink (used when strategy = "quant")."""
 
-    scheme: str
-    bits: int
-    base_bits: int
-    refine_bits: int
-    exponent_bits: int
-    mantissa_bits: int
+    scheme: Literal["uniform", "fixed", "progressive", "float", "e4m3", "e5m2"]
+    bits: Annotated[int, Field(ge=1, le=CODE_BITS)]
+    base_bits: CodeBits
+    refine_bits: CodeBits
+    exponent_bits: CodeBits
+    mantissa_bits: Annotated[int, Field(ge=0, le=CODE_BITS - 2)]
     stochastic: bool
     error_feedback: bool
-    down_bits: int
-    refine_loss: float
+    down_bits: Annotated[int, Field(ge=0, le=CODE_BITS)]
+    refine_loss: Share
+
+    @model_validator(mode="after")
+    def _widths_fit(self) -> QuantConfig:
+        if self.base_bits + self.refine_bits > CODE_BITS:
+            raise ValueError(
+                f"quant.base-bits={self.base_bits} + quant.refine-bits={self.refine_bits} "
+                f"= {self.base_bits + self.refine_bits} bits; allowed: a sum <= {CODE_BITS}"
+            )
+        if self.scheme == "float" and 1 + self.exponent_bits + self.mantissa_bits > CODE_BITS:
+            raise ValueError(
+                f"quant.exponent-bits={self.exponent_bits} + quant.mantissa-bits="
+                f"{self.mantissa_bits} leave no room for the sign in an {CODE_BITS}-bit code; "
+                f"allowed: 1 + exponent + mantissa <= {CODE_BITS}"
+            )
+        if self.refine_loss > 0 and self.scheme != "progressive":
+            raise ValueError(
+                f"quant.refine-loss={self.refine_loss} needs quant.scheme='progressive' "
+                f"(got '{self.scheme}'); allowed: 0 for other schemes"
+            )
+        return self
 
     @property
     def spec(self) -> QuantSpec:
@@ -88,68 +122,100 @@ class QuantConfig:
         )
 
 
-@dataclass(frozen=True)
-class QsflConfig:
+class QsflConfig(_Frozen):
     """`qsfl.*`: quality-based selection and one-segment uploads (used when strategy = "qsfl")."""
 
-    beta: float
-    upload_fraction: float
-    num_segments: int
-    top_p: float
-    relevance: str
+    beta: Share
+    upload_fraction: Fraction
+    num_segments: Count
+    top_p: Fraction
+    relevance: Literal["update", "weights"]
     ensure_coverage: bool
     quantize: bool
 
-
-FAULT_KINDS = (
-    "none",
-    "fail",
-    "hang",
-    "nan",
-    "huge",
-    "garbage",
-    "truncate",
-    "examples",
-    "metrics",
-    "dtype",
-)
+    @model_validator(mode="after")
+    def _sparse_or_quantized(self) -> QsflConfig:
+        if self.quantize and self.top_p < 1:
+            raise ValueError(
+                f"qsfl.quantize=true with qsfl.top-p={self.top_p}: a segment is either "
+                "sparsified or quantized; allowed: qsfl.top-p = 1 with qsfl.quantize = true"
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class FaultConfig:
+class FaultConfig(_Frozen):
     """`faults.*`: chosen clients misbehave on purpose (robustness experiments and tests)."""
 
-    kind: str
-    clients: tuple[int, ...]
-    rounds: tuple[int, ...]  # empty: every round
-    rate: float
-    hang_s: float
-    scale: float
+    kind: FaultKind
+    clients: tuple[Annotated[int, Field(ge=0)], ...]  # partition ids
+    rounds: tuple[Count, ...]  # empty: every round
+    rate: Share
+    hang_s: NonNegative
+    scale: Positive
+
+    @field_validator("clients", "rounds", mode="before")
+    @classmethod
+    def _id_list(cls, text: Any, info: Any) -> tuple[int, ...]:
+        """A comma-separated list of integers ("" is empty), sorted, without repeats."""
+        what, low = {"clients": ("partition ids", 0), "rounds": ("rounds", 1)}[info.field_name]
+        key = f"faults.{info.field_name}"
+        if not isinstance(text, str):
+            raise ValueError(f"{key}={text!r} must be a string (quote it: {key}='...')")
+        try:
+            values = tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
+        except ValueError:
+            values = (low - 1,)
+        if any(value < low for value in values):
+            raise ValueError(
+                f"{key}='{text}' is not a list of {what}; allowed: e.g. '{low}' or '{low},3'"
+            )
+        return values
 
 
-@dataclass(frozen=True)
-class NetConfig:
+class NetConfig(_Frozen):
     """`net.*`: the simulated network (any strategy); channel "none" is an ideal network."""
 
-    channel: str
-    policy: str
-    deadline_s: float
-    overcommit: float
-    step_s: float
-    min_bps: float
-    max_bps: float
+    channel: Channel
+    policy: Policy
+    deadline_s: Positive
+    overcommit: Annotated[float, Field(ge=1)]
+    step_s: Positive
+    min_bps: Positive
+    max_bps: Positive
     change_low_bps: float
     change_high_bps: float
-    down_factor: float
-    bandwidth_hz: float
+    down_factor: Positive
+    bandwidth_hz: Positive
     snr_db: float
-    distance_min_m: float
-    distance_max_m: float
-    path_loss_exponent: float
+    distance_min_m: Positive
+    distance_max_m: Positive
+    path_loss_exponent: NonNegative
     trace_file: str
-    seconds_per_sample: float
-    compute_sigma: float
-    rtt_ms: float
+    seconds_per_sample: NonNegative
+    compute_sigma: NonNegative
+    rtt_ms: NonNegative
+
+    @model_validator(mode="after")
+    def _ranges_and_policy(self) -> NetConfig:
+        for low, high in (
+            ("min-bps", "max-bps"),
+            ("change-low-bps", "change-high-bps"),
+            ("distance-min-m", "distance-max-m"),
+        ):
+            low_value = getattr(self, low.replace("-", "_"))
+            high_value = getattr(self, high.replace("-", "_"))
+            if low_value > high_value:
+                raise ValueError(
+                    f"net.{low}={low_value:g} > net.{high}={high_value:g}; "
+                    f"allowed: net.{low} <= net.{high}"
+                )
+        if self.policy != "wait" and not self.simulated:
+            channels = ", ".join(get_args(Channel)[1:])
+            raise ValueError(
+                f"net.policy='{self.policy}' needs a simulated channel, but net.channel='none'; "
+                f"set net.channel to one of {channels}"
+            )
+        return self
 
     @property
     def simulated(self) -> bool:
@@ -157,30 +223,29 @@ class NetConfig:
         return self.channel != "none"
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(_Frozen):
     """The validated run-config of one experiment (keys in kebab-case in pyproject)."""
 
-    strategy: str
-    model: str
-    dataset: str
+    strategy: Strategy
+    model: Model
+    dataset: DatasetName
     data_dir: str
-    partitioner: str
-    dirichlet_alpha: float
-    classes_per_client: int
-    balancedness: float
-    num_server_rounds: int
-    fraction_train: float
-    fraction_evaluate: float
-    local_epochs: int
-    local_steps: int
-    batch_size: int
-    lr: float
-    momentum: float
-    seed: int
-    round_timeout_s: float
-    outlier_norm_ratio: float
-    device: str
+    partitioner: Literal["iid", "dirichlet", "classes"]
+    dirichlet_alpha: Positive
+    classes_per_client: Count
+    balancedness: Fraction
+    num_server_rounds: Count
+    fraction_train: Fraction
+    fraction_evaluate: Share
+    local_epochs: Count
+    local_steps: Annotated[int, Field(ge=0)]
+    batch_size: Count
+    lr: Positive
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    seed: Annotated[int, Field(ge=0)]
+    round_timeout_s: Positive
+    outlier_norm_ratio: NonNegative
+    device: Literal["auto", "cpu", "cuda"]
     output_dir: str
     run_name: str
     stc: StcConfig
@@ -190,35 +255,77 @@ class ExperimentConfig:
     net: NetConfig
     faults: FaultConfig
 
+    @model_validator(mode="after")
+    def _settings_fit_together(self) -> ExperimentConfig:
+        problem = _model_and_data_problem(self) or _combination_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def to_flat(self) -> dict[str, Any]:
-        """Return the config as Flower's flat kebab-case run-config (dotted sub-tables)."""
-        return flatten(_kebab(asdict(self)))
+        """The config as Flower's flat kebab-case run-config (dotted sub-tables)."""
+        table = self.model_dump()
+        for key in ("clients", "rounds"):  # as the run-config writes them: "0,3"
+            table["faults"][key] = ",".join(map(str, table["faults"][key]))
+        return flatten_dict(_renamed(table, "_", "-"))
 
 
-def _kebab(table: dict[str, Any]) -> dict[str, Any]:
+def _model_and_data_problem(config: ExperimentConfig) -> str:
+    """A language model goes with text (split IID), an image model with images."""
+    if (config.model in TEXT_MODELS) != (config.dataset in TEXT_DATASETS):
+        wanted = TEXT_DATASETS if config.model in TEXT_MODELS else IMAGE_DATASETS
+        return (
+            f"model='{config.model}' does not fit dataset='{config.dataset}'; allowed with "
+            f"this model: dataset in {', '.join(wanted)}"
+        )
+    if config.dataset in TEXT_DATASETS and config.partitioner != "iid":
+        return (
+            f"partitioner='{config.partitioner}' needs class labels, which text has not; "
+            f"allowed with dataset='{config.dataset}': iid"
+        )
+    if config.model in TEXT_MODELS and importlib.util.find_spec("transformers") is None:
+        return (
+            f"model='{config.model}' needs transformers, which is not installed; run "
+            "`make pythia` or `pip install -e '.[pythia]'`"
+        )
+    if config.data_dir and not Path(config.data_dir).is_dir():
+        return (
+            f"data-dir='{config.data_dir}' is not a folder; give the folder "
+            'that holds the IDX files, or "" for the default'
+        )
+    return ""
+
+
+def _combination_problem(config: ExperimentConfig) -> str:
+    """Settings of two sub-tables that do not go together."""
+    parameters = MODEL_PARAMETERS[config.model]
+    if config.qsfl.num_segments > parameters:
+        return (
+            f"qsfl.num-segments={config.qsfl.num_segments} is more than the {parameters:,} "
+            f"parameters of model '{config.model}'; allowed: 1..{parameters}"
+        )
+    if config.net.policy == "partial" and (
+        config.strategy != "quant" or config.quant.scheme != "progressive"
+    ):
+        return (
+            f"net.policy='partial' needs strategy='quant' with quant.scheme='progressive' "
+            f"(got strategy='{config.strategy}', quant.scheme='{config.quant.scheme}'); "
+            "allowed otherwise: wait, drop, overcommit"
+        )
+    return ""
+
+
+def _renamed(table: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """`table` with `old` replaced by `new` in every key, sub-tables included."""
     return {
-        key.replace("_", "-"): _kebab(value) if isinstance(value, dict) else value
+        key.replace(old, new): _renamed(value, old, new) if isinstance(value, dict) else value
         for key, value in table.items()
     }
 
 
 def pyproject_defaults(path: Path = PYPROJECT) -> dict[str, Any]:
-    """Read `[tool.flwr.app.config]` from pyproject.toml as a flat dict (dotted sub-tables)."""
-    with path.open("rb") as file:
-        table = tomllib.load(file)["tool"]["flwr"]["app"]["config"]
-    return flatten(table)
-
-
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested TOML tables as flat dotted keys: {"stc": {"p-up": 0.1}} -> {"stc.p-up": 0.1}."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+    """`[tool.flwr.app.config]` of pyproject.toml as a flat dict (dotted sub-tables)."""
+    return flatten_dict(get_project_config(path.parent)["tool"]["flwr"]["app"]["config"])
 
 
 def resolve(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -238,79 +345,10 @@ def parse(flat: dict[str, Any], *, server: bool = True) -> ExperimentConfig:
     With `server=False` (a ClientApp) the server's own settings, the trace file and the
     output folder, are neither checked nor touched: a SuperNode need not hold them.
     """
-    get = _Getter(flat)
-    config = ExperimentConfig(
-        strategy=get.choice("strategy", STRATEGIES),
-        model=get.choice("model", MODELS),
-        dataset=get.choice("dataset", DATASETS),
-        data_dir=get.string("data-dir"),
-        partitioner=get.choice("partitioner", PARTITIONERS),
-        dirichlet_alpha=get.number("dirichlet-alpha", low=0.0, low_open=True),
-        classes_per_client=get.integer("classes-per-client", low=1),
-        balancedness=get.number("balancedness", low=0.0, high=1.0, low_open=True),
-        num_server_rounds=get.integer("num-server-rounds", low=1),
-        fraction_train=get.number("fraction-train", low=0.0, high=1.0, low_open=True),
-        fraction_evaluate=get.number("fraction-evaluate", low=0.0, high=1.0),
-        local_epochs=get.integer("local-epochs", low=1),
-        local_steps=get.integer("local-steps", low=0),
-        batch_size=get.integer("batch-size", low=1),
-        lr=get.number("lr", low=0.0, low_open=True),
-        momentum=get.number("momentum", low=0.0, high=1.0, high_open=True),
-        seed=get.integer("seed", low=0),
-        round_timeout_s=get.number("round-timeout-s", low=0.0, low_open=True),
-        outlier_norm_ratio=get.number("outlier-norm-ratio", low=0.0),
-        device=get.choice("device", DEVICES),
-        output_dir=get.string("output-dir"),
-        run_name=get.string("run-name"),
-        stc=StcConfig(
-            p_up=get.number("stc.p-up", low=0.0, high=1.0, low_open=True),
-            p_down=get.number("stc.p-down", low=0.0, high=1.0, low_open=True),
-            accumulate_up=get.boolean("stc.accumulate-up"),
-            accumulate_down=get.boolean("stc.accumulate-down"),
-            approx=get.number("stc.approx", low=0.0, high=1.0, low_open=True),
-        ),
-        topk=TopkConfig(
-            p_up=get.number("topk.p-up", low=0.0, high=1.0, low_open=True),
-            error_feedback=get.boolean("topk.error-feedback"),
-        ),
-        quant=_quant_config(get),
-        qsfl=QsflConfig(
-            beta=get.number("qsfl.beta", low=0.0, high=1.0),
-            upload_fraction=get.number("qsfl.upload-fraction", low=0.0, high=1.0, low_open=True),
-            num_segments=get.integer("qsfl.num-segments", low=1),
-            top_p=get.number("qsfl.top-p", low=0.0, high=1.0, low_open=True),
-            relevance=get.choice("qsfl.relevance", RELEVANCE),
-            ensure_coverage=get.boolean("qsfl.ensure-coverage"),
-            quantize=get.boolean("qsfl.quantize"),
-        ),
-        net=_net_config(get),
-        faults=fault_config(get),
-    )
-    _check_model_and_data(config)
-    parameters = MODEL_PARAMETERS[config.model]
-    if config.qsfl.num_segments > parameters:
-        raise ConfigError(
-            f"qsfl.num-segments={config.qsfl.num_segments} is more than the {parameters:,} "
-            f"parameters of model '{config.model}'; allowed: 1..{parameters}"
-        )
-    if config.qsfl.quantize and config.qsfl.top_p < 1:
-        raise ConfigError(
-            f"qsfl.quantize=true with qsfl.top-p={config.qsfl.top_p}: a segment is either "
-            "sparsified or quantized; allowed: qsfl.top-p = 1 with qsfl.quantize = true"
-        )
-    if config.net.policy == "partial" and (
-        config.strategy != "quant" or config.quant.scheme != "progressive"
-    ):
-        raise ConfigError(
-            f"net.policy='partial' needs strategy='quant' with quant.scheme='progressive' "
-            f"(got strategy='{config.strategy}', quant.scheme='{config.quant.scheme}'); "
-            "allowed otherwise: wait, drop, overcommit"
-        )
-    if config.data_dir and not Path(config.data_dir).is_dir():
-        raise ConfigError(
-            f"data-dir='{config.data_dir}' is not a folder; give the folder "
-            'that holds the IDX files, or "" for the default'
-        )
+    try:
+        config = ExperimentConfig.model_validate(_renamed(unflatten_dict(flat), "-", "_"))
+    except ValidationError as error:
+        raise ConfigError(_message(error.errors()[0], flat)) from None
     if server:
         _check_server_settings(config)
     return config
@@ -327,124 +365,50 @@ def _check_server_settings(config: ExperimentConfig) -> None:
         )
 
 
-def _check_model_and_data(config: ExperimentConfig) -> None:
-    """A language model goes with text (split IID), an image model with images."""
-    if (config.model in TEXT_MODELS) != (config.dataset in TEXT_DATASETS):
-        wanted = TEXT_DATASETS if config.model in TEXT_MODELS else IMAGE_DATASETS
-        raise ConfigError(
-            f"model='{config.model}' does not fit dataset='{config.dataset}'; allowed with "
-            f"this model: dataset in {', '.join(wanted)}"
-        )
-    if config.dataset in TEXT_DATASETS and config.partitioner != "iid":
-        raise ConfigError(
-            f"partitioner='{config.partitioner}' needs class labels, which text has not; "
-            f"allowed with dataset='{config.dataset}': iid"
-        )
-    if config.model in TEXT_MODELS and importlib.util.find_spec("transformers") is None:
-        raise ConfigError(
-            f"model='{config.model}' needs transformers, which is not installed; run "
-            "`make pythia` or `pip install -e '.[pythia]'`"
-        )
+def _message(error: dict[str, Any], flat: dict[str, Any]) -> str:
+    """One line for a pydantic error: the key, the value and what is allowed."""
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    key = ".".join(str(part).replace("_", "-") for part in error["loc"])
+    if error["type"] == "missing":
+        return f"run-config key '{key}' is missing"
+    if error["type"] == "extra_forbidden":
+        return f"unknown run-config key '{key}'"
+    value, field = flat.get(key, error["input"]), _field(error["loc"])
+    if error["type"] == "literal_error" and isinstance(value, str):
+        return f"{key}='{value}' is not known; allowed: {', '.join(get_args(field.annotation))}"
+    if error["type"] in ("literal_error", "string_type"):
+        return f"{key}={value!r} must be a string (quote it: {key}='...')"
+    if error["type"] == "bool_type":
+        return f"{key}={value!r} must be true or false"
+    allowed = _allowed(field)
+    if error["type"].endswith("_type") or error["type"].endswith("_parsing"):
+        kind = "an" if field.annotation is int else "a number in"
+        return f"{key}={value!r} must be {kind} {allowed}"
+    return f"{key}={value} is out of range; allowed: {allowed}"
 
 
-def _quant_config(get: _Getter) -> QuantConfig:
-    quant = QuantConfig(
-        scheme=get.choice("quant.scheme", QUANT_SCHEMES),
-        bits=get.integer("quant.bits", low=1, high=CODE_BITS),
-        base_bits=get.integer("quant.base-bits", low=1, high=CODE_BITS - 1),
-        refine_bits=get.integer("quant.refine-bits", low=1, high=CODE_BITS - 1),
-        exponent_bits=get.integer("quant.exponent-bits", low=1, high=CODE_BITS - 1),
-        mantissa_bits=get.integer("quant.mantissa-bits", low=0, high=CODE_BITS - 2),
-        stochastic=get.boolean("quant.stochastic"),
-        error_feedback=get.boolean("quant.error-feedback"),
-        down_bits=get.integer("quant.down-bits", low=0, high=CODE_BITS),
-        refine_loss=get.number("quant.refine-loss", low=0.0, high=1.0),
-    )
-    if quant.base_bits + quant.refine_bits > CODE_BITS:
-        raise ConfigError(
-            f"quant.base-bits={quant.base_bits} + quant.refine-bits={quant.refine_bits} "
-            f"= {quant.base_bits + quant.refine_bits} bits; allowed: a sum <= {CODE_BITS}"
-        )
-    if quant.scheme == "float" and 1 + quant.exponent_bits + quant.mantissa_bits > CODE_BITS:
-        raise ConfigError(
-            f"quant.exponent-bits={quant.exponent_bits} + quant.mantissa-bits="
-            f"{quant.mantissa_bits} leave no room for the sign in an {CODE_BITS}-bit code; "
-            f"allowed: 1 + exponent + mantissa <= {CODE_BITS}"
-        )
-    if quant.refine_loss > 0 and quant.scheme != "progressive":
-        raise ConfigError(
-            f"quant.refine-loss={quant.refine_loss} needs quant.scheme='progressive' "
-            f"(got '{quant.scheme}'); allowed: 0 for other schemes"
-        )
-    return quant
+def _field(loc: tuple) -> Any:
+    """The pydantic FieldInfo at `loc` (a path of field names)."""
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        model = model.model_fields[part].annotation
+    return model.model_fields[loc[-1]]
 
 
-def fault_config(get: _Getter) -> FaultConfig:
-    """The `faults.*` keys (a client reads them alone, per message)."""
-    return FaultConfig(
-        kind=get.choice("faults.kind", FAULT_KINDS),
-        clients=_id_list(get, "faults.clients", "partition ids", low=0),
-        rounds=_id_list(get, "faults.rounds", "rounds", low=1),
-        rate=get.number("faults.rate", low=0.0, high=1.0),
-        hang_s=get.number("faults.hang-s", low=0.0),
-        scale=get.number("faults.scale", low=0.0, low_open=True),
-    )
-
-
-def _net_config(get: _Getter) -> NetConfig:
-    positive = {"low": 0.0, "low_open": True}
-    net = NetConfig(
-        channel=get.choice("net.channel", CHANNELS),
-        policy=get.choice("net.policy", POLICIES),
-        deadline_s=get.number("net.deadline-s", **positive),
-        overcommit=get.number("net.overcommit", low=1.0),
-        step_s=get.number("net.step-s", **positive),
-        min_bps=get.number("net.min-bps", **positive),
-        max_bps=get.number("net.max-bps", **positive),
-        change_low_bps=get.number("net.change-low-bps", low=-math.inf),
-        change_high_bps=get.number("net.change-high-bps", low=-math.inf),
-        down_factor=get.number("net.down-factor", **positive),
-        bandwidth_hz=get.number("net.bandwidth-hz", **positive),
-        snr_db=get.number("net.snr-db", low=-math.inf),
-        distance_min_m=get.number("net.distance-min-m", **positive),
-        distance_max_m=get.number("net.distance-max-m", **positive),
-        path_loss_exponent=get.number("net.path-loss-exponent", low=0.0),
-        trace_file=get.string("net.trace-file"),
-        seconds_per_sample=get.number("net.seconds-per-sample", low=0.0),
-        compute_sigma=get.number("net.compute-sigma", low=0.0),
-        rtt_ms=get.number("net.rtt-ms", low=0.0),
-    )
-    for low, high in (
-        ("min-bps", "max-bps"),
-        ("change-low-bps", "change-high-bps"),
-        ("distance-min-m", "distance-max-m"),
-    ):
-        low_value = getattr(net, low.replace("-", "_"))
-        high_value = getattr(net, high.replace("-", "_"))
-        if low_value > high_value:
-            raise ConfigError(
-                f"net.{low}={low_value:g} > net.{high}={high_value:g}; "
-                f"allowed: net.{low} <= net.{high}"
-            )
-    if net.policy != "wait" and not net.simulated:
-        raise ConfigError(
-            f"net.policy='{net.policy}' needs a simulated channel, but net.channel='none'; "
-            f"set net.channel to one of {', '.join(CHANNELS[1:])}"
-        )
-    return net
-
-
-def _id_list(get: _Getter, key: str, what: str, low: int) -> tuple[int, ...]:
-    """A comma-separated list of integers >= `low` ("" is empty), sorted, without repeats."""
-    text = get.string(key).replace(" ", "")
-    try:
-        values = tuple(sorted({int(part) for part in text.split(",") if part}))
-    except ValueError:
-        values = (low - 1,)
-    if any(value < low for value in values):
-        allowed = f"e.g. '{low}' or '{low},3'"
-        raise ConfigError(f"{key}='{text}' is not a list of {what}; allowed: {allowed}")
-    return values
+def _allowed(field: Any) -> str:
+    """A field's range: `integer >= 1`, `integer in 1..8`, `(0, 1]` or `[0, inf)`."""
+    low = next((item for item in field.metadata if isinstance(item, Gt | Ge)), None)
+    high = next((item for item in field.metadata if isinstance(item, Lt | Le)), None)
+    low_value = getattr(low, "gt", getattr(low, "ge", None))
+    high_value = getattr(high, "lt", getattr(high, "le", None))
+    if field.annotation is int:
+        return f"integer in {low_value}..{high_value}" if high else f"integer >= {low_value}"
+    left = "[" if isinstance(low, Ge) else "("
+    right = "]" if isinstance(high, Le) else ")"
+    low_text = "-inf" if low is None else f"{low_value:g}"
+    high_text = "inf" if high is None else f"{high_value:g}"
+    return f"{left}{low_text}, {high_text}{right}"
 
 
 def default_run_name(config: ExperimentConfig) -> str:
@@ -471,68 +435,3 @@ def check_selection(config: ExperimentConfig, clients: int) -> None:
                 f"{key}={fraction} selects no client out of {clients}; "
                 f"allowed: {key} >= 1/{clients}"
             )
-
-
-class _Getter:
-    """Typed, range-checked reads from a flat config with user-facing errors."""
-
-    def __init__(self, flat: dict[str, Any]) -> None:
-        self.flat = flat
-
-    def _raw(self, key: str) -> Any:
-        if key not in self.flat:
-            raise ConfigError(f"run-config key '{key}' is missing")
-        return self.flat[key]
-
-    def string(self, key: str) -> str:
-        value = self._raw(key)
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} must be a string (quote it: {key}='...')")
-        return value
-
-    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
-        value = self.string(key)
-        if value not in allowed:
-            raise ConfigError(f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
-        return value
-
-    def boolean(self, key: str) -> bool:
-        value = self._raw(key)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false")
-        return value
-
-    def integer(self, key: str, low: int, high: int | None = None) -> int:
-        value = self._raw(key)
-        allowed = f"integer >= {low}" if high is None else f"integer in {low}..{high}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r} must be an {allowed}")
-        if value < low or (high is not None and value > high):
-            raise ConfigError(f"{key}={value} is out of range; allowed: {allowed}")
-        return value
-
-    def number(
-        self,
-        key: str,
-        low: float,
-        high: float | None = None,
-        low_open: bool = False,
-        high_open: bool = False,
-    ) -> float:
-        value = self._raw(key)
-        allowed = _interval(low, high, low_open, high_open)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}={value!r} must be a number in {allowed}")
-        too_low = value <= low if low_open else value < low
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high or not math.isfinite(value):
-            raise ConfigError(f"{key}={value} is out of range; allowed: {allowed}")
-        return float(value)
-
-
-def _interval(low: float, high: float | None, low_open: bool, high_open: bool) -> str:
-    left = "(" if low_open else "["
-    if high is None:
-        return f"{left}{low:g}, inf)"
-    right = ")" if high_open else "]"
-    return f"{left}{low:g}, {high:g}{right}"

@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 import tomli_w
+from flwr.common.config import unflatten_dict
 
 from experiment.config import PYPROJECT, ConfigError, resolve
 from flower_app.preflight import preflight
@@ -95,23 +96,11 @@ def write_connection(home: Path, connection: dict[str, Any]) -> None:
 def flwr_run(home: Path, env: dict[str, str], run_config: dict[str, Any], *extra: str) -> Path:
     """`flwr run . --stream` over the home's connection; the run folder, or RuntimeError."""
     config_file = home / "run-config.toml"
-    config_file.write_text(tomli_w.dumps(nested(run_config)))
+    config_file.write_text(tomli_w.dumps(unflatten_dict(run_config)))
     command = [flower_command("flwr"), "run", str(REPO), CONNECTION, "--stream"]
     command += ["--run-config", str(config_file), *extra]
     subprocess.run(command, env=env, cwd=REPO, check=False, preexec_fn=terminate_with_parent)
     return finished_run(Path(run_config["output-dir"]) / run_config["run-name"])
-
-
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys as TOML tables: {"stc.p-up": 0.1} -> {"stc": {"p-up": 0.1}}."""
-    table: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = table
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return table
 
 
 def run_flwr(

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from flwr.common.config import flatten_dict
 
-from experiment.config import ConfigError, flatten, parse, resolve
+from experiment.config import ConfigError, parse, resolve
 from flower_app.plots import plot_comparison
 from flower_app.report import summarize
 
@@ -125,7 +126,7 @@ def load_sweep(path: Path) -> Sweep:
             )
         if clients[name] < 1:
             raise ConfigError(f"{where} ('{name}'): num-supernodes={clients[name]}; allowed: >= 1")
-        overrides = flatten(common) | flatten(run)
+        overrides = _flat(common, where) | _flat(run, where)
         fixed = sorted(set(overrides) & set(FIXED_KEYS))
         if fixed:
             raise ConfigError(f"{where} ('{name}'): {', '.join(fixed)} are set by the sweep")
@@ -226,6 +227,14 @@ def compare(
 def _mean_if_all(values: pd.Series, reached: pd.Series) -> float:
     """The mean over seeds when every seed reached the target, else NaN."""
     return float(values.astype(float).mean()) if reached.all() else float("nan")
+
+
+def _flat(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """A sweep table's settings as flat run-config keys (sub-tables dotted)."""
+    try:
+        return flatten_dict(table)
+    except ValueError as error:  # a list or other non-scalar value
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.cli.build import build_fab_from_disk
+from flwr.common.config import unflatten_dict
 
 from experiment.config import ConfigError, parse
 from experiment.recorder import Recorder
 from flower_app.byte_meter import ByteMeter
 from flower_app.certificates import write_node_key, write_tls_files
 from flower_app.client_app import make_client_app
-from flower_app.launch import nested
 from flower_app.processes import LOOPBACK
 from flower_app.server_app import run_federation
 from flower_app.transport_check import check
@@ -196,7 +196,7 @@ def test_the_app_bundle_holds_the_packages_alone():
 
 def test_run_config_travels_as_toml_with_quotes_intact():
     flat = {"run-name": "it's", "stc.p-up": 0.1, "stc.accumulate-up": False, "seed": 3}
-    text = tomli_w.dumps(nested(flat))
+    text = tomli_w.dumps(unflatten_dict(flat))
     assert tomllib.loads(text) == {
         "run-name": "it's",
         "stc": {"p-up": 0.1, "accumulate-up": False},
