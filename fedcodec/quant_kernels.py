@@ -91,6 +91,25 @@ def fixed_values(codes, negative, scale, out):
         out[i] = -value if negative[i] else value
 
 
+def _float_constants(e: int, m: int) -> tuple:
+    """The shifts, masks and scales of the code with an e-bit exponent and an m-bit mantissa."""
+    low = -((1 << e) - 2)  # the exponent of the smallest normal, 2**low
+    shift, width = np.int32(F32_MANTISSA - m), e + m
+    return (
+        shift,
+        width,
+        np.uint32(32 - shift),  # random_shift
+        np.int32((1 << shift >> 1) - 1),  # half
+        np.int32((126 + low) << F32_MANTISSA),  # rebias: float32 exponent field -> the code's
+        np.int32((127 + low) << F32_MANTISSA),  # smallest_normal: the pattern of 2**low
+        np.int32((1 << width) - 1),  # largest
+        np.int32(1 << m),  # smallest_normal_code
+        np.int32(1 << width),  # sign_bit
+        np.uint32((1 << width) - 1),  # magnitude
+        np.float32(2.0 ** (m - low)),  # subnormal_scale
+    )
+
+
 @cache
 def float_kernels(e: int, m: int):
     """(codes, values) kernels of the code with an e-bit exponent and an m-bit mantissa.
@@ -99,15 +118,9 @@ def float_kernels(e: int, m: int):
     int64, which runs fast only where shifts and masks are constants (the code pass took 3.0x
     a float32 copy with e and m as arguments, 1.2x as constants).
     """
-    low = -((1 << e) - 2)  # the exponent of the smallest normal, 2**low
-    shift, width = np.int32(F32_MANTISSA - m), e + m
-    random_shift = np.uint32(32 - shift)
-    half = np.int32((1 << shift >> 1) - 1)
-    rebias = np.int32((126 + low) << F32_MANTISSA)  # float32 exponent field -> the code's
-    smallest_normal = np.int32((127 + low) << F32_MANTISSA)  # the pattern of 2**low
-    largest, smallest_normal_code = np.int32((1 << width) - 1), np.int32(1 << m)
-    sign_bit, magnitude = np.int32(1 << width), np.uint32((1 << width) - 1)
-    subnormal_scale = np.float32(2.0 ** (m - low))
+    constants = _float_constants(e, m)  # numba compiles them in as constants
+    shift, width, random_shift, half, rebias, smallest_normal = constants[:6]
+    largest, smallest_normal_code, sign_bit, magnitude, subnormal_scale = constants[6:]
 
     @njit(cache=True, nogil=True)
     def codes(values, scale, scale2, stochastic, key, first, out):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
@@ -14,9 +16,9 @@ from experiment.config import ConfigError, check_selection, default_run_name, pa
 from experiment.dataset import DatasetError
 from experiment.models import build_model
 from experiment.recorder import Recorder
-from experiment.task import compute_device, evaluate, test_data
+from experiment.task import Tensors, compute_device, evaluate, test_data
 from flower_app.plots import write_run_plots
-from strategies import PRESETS
+from strategies import PRESETS, BandwidthFedAvg
 from strategies.accounting import dense_bytes
 from strategies.discovery import DiscoveryError
 
@@ -64,28 +66,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     )
 
     rows: list[dict[str, Any]] = []
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(model, test)
-        row = strategy.finish_round(server_round, loss, accuracy)
-        rows.append(row)
-        simulated = "" if row["sim_time_s"] == "" else f" | simulated {row['sim_time_s']:.1f} s"
-        log(
-            INFO,
-            "[round %d/%d] test acc %.4f loss %.4f | transport up %s down %s | cum %s | %.1f s%s",
-            server_round,
-            config.num_server_rounds,
-            accuracy,
-            loss,
-            human_bytes(row["up_transport_bytes"]),
-            human_bytes(row["down_transport_bytes"]),
-            human_bytes(row["cum_transport_bytes"]),
-            row["wall_s"],
-            simulated,
-        )
-        return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
-
+    evaluate_fn = central_evaluation(model, test, strategy, config.num_server_rounds, rows)
     strategy.start(
         grid=grid,
         initial_arrays=initial,
@@ -108,6 +89,39 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     _log_formula(bandwidth)
     write_run_plots(run_dir)
     return run_dir
+
+
+def central_evaluation(
+    model: torch.nn.Module,
+    test: Tensors,
+    strategy: BandwidthFedAvg,
+    num_rounds: int,
+    rows: list[dict[str, Any]],
+) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """Flower's `evaluate_fn`: test the global model, close the round's row (into `rows`)."""
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate(model, test)
+        row = strategy.finish_round(server_round, loss, accuracy)
+        rows.append(row)
+        simulated = "" if row["sim_time_s"] == "" else f" | simulated {row['sim_time_s']:.1f} s"
+        log(
+            INFO,
+            "[round %d/%d] test acc %.4f loss %.4f | transport up %s down %s | cum %s | %.1f s%s",
+            server_round,
+            num_rounds,
+            accuracy,
+            loss,
+            human_bytes(row["up_transport_bytes"]),
+            human_bytes(row["down_transport_bytes"]),
+            human_bytes(row["cum_transport_bytes"]),
+            row["wall_s"],
+            simulated,
+        )
+        return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
+
+    return evaluate_fn
 
 
 def human_bytes(count: float) -> str:

@@ -1,11 +1,15 @@
-"""Shared fixtures: a valid flat run-config on the synthetic dataset; no waiting for nodes."""
+"""Shared fixtures: a valid flat run-config on the synthetic dataset, no waiting for nodes, a
+task identity for hand-built messages, a quant strategy on a fake grid."""
 
 from __future__ import annotations
 
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
-from experiment.config import resolve
-from strategies import discovery
+from experiment.config import parse, resolve
+from experiment.recorder import Recorder
+from strategies import QuantFedAvg, discovery
+from tests.support import FakeGrid
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +31,27 @@ def flat_config(tmp_path):
             "run-name": "test-run",
         }
     )
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages need a run id; Flower sets it in a real ServerApp or ClientApp process."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+
+
+@pytest.fixture
+def quant_strategy(flat_config, tmp_path):
+    """Build quant strategies (run-config overrides as keywords) on a 4-node fake grid."""
+    built = []
+
+    def build(**overrides) -> tuple[QuantFedAvg, FakeGrid]:
+        flat_config.update({"strategy": "quant", "fraction-train": 1.0} | overrides)
+        strategy = QuantFedAvg(parse(flat_config), Recorder(tmp_path / f"run-{len(built)}"))
+        built.append(strategy)
+        grid = FakeGrid(4)
+        strategy.discover_partitions(grid)
+        return strategy, grid
+
+    return build

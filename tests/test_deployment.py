@@ -30,8 +30,7 @@ from ledger.book import CLIENT_KEYS
 from protocol import keys
 from strategies import BandwidthFedAvg, discovery
 from strategies.discovery import DiscoveryError, missing_partitions, setup_problem
-from tests.test_end_to_end import REPO, leftover_processes, run_folder, run_module
-from tests.test_strategy import FakeGrid, read_rows, task_identity  # noqa: F401
+from tests.support import REPO, FakeGrid, leftover_processes, read_rows, run_folder, run_module
 
 DEPLOY_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-train=1.0 seed=7"
 

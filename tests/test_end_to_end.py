@@ -11,16 +11,14 @@ mod's two float entries in the same record ("client-down-message-bytes" 25 + 8,
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from flower_app.processes import FLWR_ROOT, processes_under
+from tests.support import REPO, leftover_processes, module_command, run_folder, run_module
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL_BYTES = 7850 * 4
 DOWN_WIRE = MODEL_BYTES + 280 + 20
 SIZE_ENTRIES = 64
@@ -28,32 +26,6 @@ UP_WIRE = MODEL_BYTES + 280 + 38 + SIZE_ENTRIES
 RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-train=0.5 seed=7"
 
 pytestmark = pytest.mark.e2e
-
-
-def module_command(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
-
-
-def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        module_command(module, *args),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def run_folder(output: subprocess.CompletedProcess) -> Path:
-    assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
-    return Path(output.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
-
-
-def leftover_processes() -> list:
-    """Processes of any launch of this checkout still running (none after a launch ends)."""
-    homes = list(FLWR_ROOT.iterdir()) if FLWR_ROOT.exists() else []
-    return [process for home in homes for process in processes_under(home)]
 
 
 def assert_exact_fedavg_logs(run_dir: Path) -> None:

@@ -8,23 +8,17 @@ from flwr.app import ConfigRecord, Context, RecordDict
 
 from mods.fault_mod import make_fault_mod
 from protocol import keys
-from tests.test_stc_preset import (
-    model,
-    record,
-    task_identity,  # noqa: F401  (autouse fixture)
-    train_message,
-    trainer,
-)
+from tests.support import random_model, record, train_message, trainer
 
 
 def run(flat_config, partition_id: int, server_round: int = 1, **faults):
     flat_config.update({f"faults.{key.replace('_', '-')}": value for key, value in faults.items()})
     config = ConfigRecord({keys.SERVER_ROUND: server_round})
-    msg = train_message(RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: config}))
+    msg = train_message(RecordDict({keys.ARRAYS: record(random_model(0)), keys.CONFIG: config}))
     context = Context(
         1, 1, {keys.PARTITION_ID: partition_id, keys.NUM_PARTITIONS: 4}, RecordDict(), {}
     )
-    reply = make_fault_mod(flat_config)(msg, context, trainer(model(1), []))
+    reply = make_fault_mod(flat_config)(msg, context, trainer(random_model(1), []))
     return {name: array.numpy() for name, array in reply.content[keys.ARRAYS].items()}
 
 

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from flower_app.http_frames import HttpFrame, HttpFrames
 from ledger.book import Ledger
 from ledger.levels import CANONICAL_ID, Exchange, exchanges_of, measure
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 12, 34, 1
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
 
 
 def query(dst_node_id: int) -> Message:

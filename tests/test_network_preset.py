@@ -12,54 +12,27 @@ import csv
 
 import numpy as np
 import pytest
-from flwr.app import Array, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ConfigRecord
 
 from experiment.config import ConfigError, parse
 from fedcodec import quant
 from fedcodec.quant import QuantSpec
-from ledger.levels import measure, pushed_objects_bytes
+from ledger.levels import pushed_objects_bytes
 from netsim.rounds import Transfer
 from protocol import keys
 from strategies.network import NetworkClock
-from tests.test_quant_preset import quant_strategy, run_round  # noqa: F401  (fixture)
-from tests.test_stc_preset import SHAPES, model
-from tests.test_strategy import (
+from tests.support import (
+    SHAPES,
     make_strategy,
+    message_bits,
+    model,
+    random_model,
     read_rows,
-    task_identity,  # noqa: F401  (autouse fixture)
+    run_round,
+    trace_rates,
     train_reply,
+    write_trace,
 )
-from tests.test_strategy import model as dense_model
-
-
-def message_bits() -> tuple[float, float, int, int]:
-    """Transport bits of a train request and of a dense reply, and their request counts."""
-    config = ConfigRecord({keys.SERVER_ROUND: 1})
-    content = RecordDict({keys.ARRAYS: dense_model(), keys.CONFIG: config})
-    request = Message(content, message_type=MessageType.TRAIN, dst_node_id=1000)
-    down, up = measure(request, "down"), measure(train_reply(request, 1.0), "up")
-    return 8.0 * down.transport_bytes, 8.0 * up.transport_bytes, down.requests, up.requests
-
-
-def trace_rates() -> dict[int, list[tuple[float, float, float]]]:
-    """Per client: (time_s, up_bps, down_bps) rows."""
-    d, u, _, _ = message_bits()
-    return {
-        0: [(0, u, d)],  # down 1 s, compute 1 s, up 1 s: arrives at 3.0
-        1: [(0, u, d), (2.5, u / 2, d)],  # up from 2.0: 0.5 s at U, 1 s at U / 2: 3.5
-        2: [(0, u / 2, d / 2)],  # down 2 s, compute 1 s, up 2 s: 5.0
-        3: [(0, u, d / 4)],  # down 4 s, compute 1 s, up 1 s: 6.0
-    }
-
-
-def write_trace(path, trace=None):
-    trace = trace_rates() if trace is None else trace
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["client", "time_s", "up_bps", "down_bps"])
-        for client, rows in trace.items():
-            writer.writerows([client, *row] for row in rows)
-    return str(path)
 
 
 def network_strategy(flat_config, tmp_path, **net):
@@ -74,7 +47,7 @@ def network_strategy(flat_config, tmp_path, **net):
 
 
 def play_round(strategy, grid, server_round):
-    messages = list(strategy.configure_train(server_round, dense_model(), ConfigRecord(), grid))
+    messages = list(strategy.configure_train(server_round, model(), ConfigRecord(), grid))
     pids = [grid.partition_of_node[m.metadata.dst_node_id] for m in messages]
     arrays, _ = strategy.aggregate_train(
         server_round,
@@ -121,7 +94,7 @@ def test_a_nonsense_example_count_is_rejected_and_times_no_compute(flat_config, 
     strategy, grid, recorder = network_strategy(
         flat_config, tmp_path, **{"net.policy": "drop", "net.deadline-s": 4.0}
     )
-    messages = list(strategy.configure_train(1, dense_model(), ConfigRecord(), grid))
+    messages = list(strategy.configure_train(1, model(), ConfigRecord(), grid))
     replies = [train_reply(m, float(i + 1), loss=float(i)) for i, m in enumerate(messages)]
     replies[1].content[keys.METRICS][keys.NUM_EXAMPLES] = examples
     # Execute
@@ -226,7 +199,7 @@ def test_a_late_refinement_leaves_the_base(quant_strategy, tmp_path, policy, dea
         "fraction-train": 0.25,
     }
     probe, grid = quant_strategy(**network, **{"net.policy": "wait"})
-    run_round(probe, grid, {}, model(0), dict.fromkeys(range(4), ramp))
+    run_round(probe, grid, {}, random_model(0), dict.fromkeys(range(4), ramp))
     (whole,) = {
         int(r["transport_bytes"])
         for r in read_rows(probe.recorder)
@@ -237,7 +210,7 @@ def test_a_late_refinement_leaves_the_base(quant_strategy, tmp_path, policy, dea
     seconds = (base_end + up_end) / 2 if deadline == "between" else up_end + 0.1
     strategy, grid = quant_strategy(**network, **{"net.policy": policy, "net.deadline-s": seconds})
     # Execute
-    start = model(0)
+    start = random_model(0)
     new_global = run_round(strategy, grid, {}, start, dict.fromkeys(range(4), ramp))
     # Assert
     up = [

@@ -25,8 +25,7 @@ from protocol import keys
 from protocol.qsfl import decode_segment, pack_signs
 from protocol.quant import spec_config
 from strategies.qsfl import QsflFedAvg, Report, choose_uploaders, score_reports
-from tests.test_network_preset import write_trace
-from tests.test_strategy import FakeGrid, model, read_rows, task_identity  # noqa: F401
+from tests.support import FakeGrid, model, read_rows, write_trace
 
 
 # ---------------------------------------------------------------- pure parts

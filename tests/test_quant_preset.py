@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, Error, Message, MessageType, RecordDict
 
-from experiment.config import parse
-from experiment.recorder import Recorder
 from fedcodec import quant
 from fedcodec.quant import QuantSpec
 from ledger.levels import content_bytes, measure, message_bytes
@@ -15,17 +13,16 @@ from mods.quant_mod import quant_mod
 from mods.size_mod import payload_size_mod
 from protocol import keys
 from protocol.quant import decode_quantized_model, quantized_downlink, spec_config
-from strategies import QuantFedAvg
-from tests.test_stc_preset import (
+from tests.support import (
     SHAPES,
     context,
-    model,
+    random_model,
+    read_rows,
     record,
-    task_identity,  # noqa: F401  (autouse fixture)
+    run_round,
     train_message,
     trainer,
 )
-from tests.test_strategy import FakeGrid, read_rows
 
 UNIFORM4 = QuantSpec("uniform", bits=4)
 
@@ -36,10 +33,10 @@ def quant_config(spec: QuantSpec = UNIFORM4, feedback: bool = False, **extra) ->
 
 def test_size_mod_writes_what_came_in_and_what_goes_out():
     # Prepare
-    content = RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: ConfigRecord()})
+    content = RecordDict({keys.ARRAYS: record(random_model(0)), keys.CONFIG: ConfigRecord()})
     msg = train_message(content)
     # Execute
-    reply = payload_size_mod(msg, context(), trainer(model(1), []))
+    reply = payload_size_mod(msg, context(), trainer(random_model(1), []))
     # Assert: both sizes at the message level, in the reply's metrics, as floats
     metrics = reply.content[keys.METRICS]
     assert metrics[keys.CLIENT_DOWN_BYTES] == message_bytes(msg)
@@ -52,8 +49,8 @@ def test_size_mod_writes_what_came_in_and_what_goes_out():
 def test_client_and_server_disagree_on_a_reply_altered_in_flight(quant_strategy):
     # Prepare: one client's reply, measured by its size mod; then one byte more on the way
     strategy, grid = quant_strategy(**{"quant.bits": 2, "fraction-train": 0.25})
-    (msg,) = strategy.configure_train(1, record(model(0)), ConfigRecord(), grid)
-    chain = lambda m, c: quant_mod(m, c, trainer(model(1), []))  # noqa: E731
+    (msg,) = strategy.configure_train(1, record(random_model(0)), ConfigRecord(), grid)
+    chain = lambda m, c: quant_mod(m, c, trainer(random_model(1), []))  # noqa: E731
     reply = payload_size_mod(msg, context(), chain)
     reply.content[keys.METRICS][keys.TRAIN_LOSS] = 0.25  # same size: still agreed
     tampered = payload_size_mod(msg, context(), chain)
@@ -75,7 +72,7 @@ def test_size_mod_leaves_a_failed_reply_alone():
 
 def test_quant_mod_quantizes_the_update():
     # Prepare
-    ctx, seen, step, start = context(), [], model(1), model(0)
+    ctx, seen, step, start = context(), [], random_model(1), random_model(0)
     msg = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: quant_config()}))
     # Execute
     reply = quant_mod(msg, ctx, trainer(step, seen))
@@ -93,9 +90,9 @@ def test_quant_mod_quantizes_the_update():
 
 
 def test_quant_mod_error_feedback_keeps_what_was_not_sent():
-    ctx, step = context(), model(1)
+    ctx, step = context(), random_model(1)
     msg = train_message(
-        RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: quant_config(feedback=True)})
+        RecordDict({keys.ARRAYS: record(random_model(0)), keys.CONFIG: quant_config(feedback=True)})
     )
     reply = quant_mod(msg, ctx, trainer(step, []))
     arrays = {name: a.numpy() for name, a in reply.content[keys.ARRAYS].items()}
@@ -108,13 +105,13 @@ def test_quant_mod_error_feedback_keeps_what_was_not_sent():
 
 def test_quant_mod_trains_from_the_quantized_downlink():
     # Prepare: the global model quantized to 3 bits, as the strategy sends it
-    ctx, seen, start = context(), [], model(0)
+    ctx, seen, start = context(), [], random_model(0)
     down, entries, _ = quantized_downlink(start, 3)
     config = quant_config(**entries)
     assert list(config[keys.DOWN_SHAPES]) == [2, 4, 25, 1, 5]  # rank then dimensions
     msg = train_message(RecordDict({keys.DOWN_QUANT: down, keys.CONFIG: config}))
     # Execute
-    quant_mod(msg, ctx, trainer(model(1), seen))
+    quant_mod(msg, ctx, trainer(random_model(1), seen))
     # Assert: training started from the 3-bit values
     expected = quant.compress(list(start.values()), QuantSpec("uniform", bits=3))
     for name, want in zip(SHAPES, expected, strict=True):
@@ -123,45 +120,17 @@ def test_quant_mod_trains_from_the_quantized_downlink():
 
 
 def test_quant_mod_passes_other_messages_through():
-    content = RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: ConfigRecord()})
-    reply = quant_mod(train_message(content), context(), trainer(model(1), []))
+    content = RecordDict({keys.ARRAYS: record(random_model(0)), keys.CONFIG: ConfigRecord()})
+    reply = quant_mod(train_message(content), context(), trainer(random_model(1), []))
     assert set(reply.content[keys.ARRAYS]) == {"w", "b"}
     evaluate = Message(content, message_type=MessageType.EVALUATE, dst_node_id=1)
     assert decode_quantized_model(evaluate.content).keys() == {"w", "b"}
 
 
-def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict, steps: dict):
-    """One round through the real mods; returns the new global model (None: none usable)."""
-    messages = list(strategy.configure_train(1, record(start), ConfigRecord(), grid))
-    replies = []
-    for msg in messages:
-        pid = grid.partition_of_node[msg.metadata.dst_node_id]
-        ctx = clients.setdefault(pid, context())
-        chain = lambda m, c, pid=pid: quant_mod(m, c, trainer(steps[pid], []))  # noqa: E731
-        replies.append(payload_size_mod(msg, ctx, chain))
-    arrays, _ = strategy.aggregate_train(1, replies)
-    return None if arrays is None else {name: arrays[name].numpy() for name in SHAPES}
-
-
-@pytest.fixture
-def quant_strategy(flat_config, tmp_path):
-    built = []
-
-    def build(**overrides) -> tuple[QuantFedAvg, FakeGrid]:
-        flat_config.update({"strategy": "quant", "fraction-train": 1.0} | overrides)
-        strategy = QuantFedAvg(parse(flat_config), Recorder(tmp_path / f"run-{len(built)}"))
-        built.append(strategy)
-        grid = FakeGrid(4)
-        strategy.discover_partitions(grid)
-        return strategy, grid
-
-    return build
-
-
 def test_strategy_averages_decoded_updates_and_logs_exact_sizes(quant_strategy):
     # Prepare: 4 clients, each update a constant tensor (exact at any bit width)
     strategy, grid = quant_strategy(**{"quant.bits": 2})
-    start = model(0)
+    start = random_model(0)
     steps = {
         pid: {n: np.full(s, float(pid), np.float32) for n, s in SHAPES.items()} for pid in range(4)
     }
@@ -183,7 +152,7 @@ def test_strategy_averages_decoded_updates_and_logs_exact_sizes(quant_strategy):
 
 def test_strategy_quantizes_the_downlink_once_per_round(quant_strategy):
     strategy, grid = quant_strategy(**{"quant.down-bits": 8})
-    messages = list(strategy.configure_train(1, record(model(0)), ConfigRecord(), grid))
+    messages = list(strategy.configure_train(1, record(random_model(0)), ConfigRecord(), grid))
     assert all(keys.DOWN_QUANT in m.content.array_records for m in messages)
     strategy.ledger.flush_pending("train")  # no replies: the down rows are logged as they are
     rows = [r for r in read_rows(strategy.recorder) if r["phase"] == "train"]
@@ -199,7 +168,7 @@ def test_lost_refinement_uses_the_base_and_logs_partial(quant_strategy, loss, st
         for n, s in SHAPES.items()
     }
     steps = dict.fromkeys(range(4), ramp)
-    start = model(0)
+    start = random_model(0)
     # Execute
     new_global = run_round(strategy, grid, {}, start, steps)
     # Assert

@@ -4,30 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from experiment.recorder import BANDWIDTH_COLUMNS, ROUND_COLUMNS
+from experiment.recorder import BANDWIDTH_COLUMNS
 from flower_app.report import main, summarize
-
-# round, selected, delivered, up, down, cum up, cum down, cum (transport bytes), train_loss,
-# test_loss, test_accuracy, sim_time_s, wall_s; content bytes are half the transport bytes
-ROWS = [
-    (0, 0, 0, 100, 0, 100, 0, 100, "", 2.3, 0.10, 0.0, 1.0),
-    (1, 2, 2, 1000, 4000, 1100, 4000, 5100, 1.0, 1.5, 0.55, 30.0, 1.0),
-    (2, 2, 1, 1000, 4000, 2100, 8000, 10100, 0.8, 1.0, 0.72, 55.5, 1.0),
-    (3, 2, 2, 1000, 4000, 3100, 12000, 15100, 0.6, 0.9, 0.70, 80.0, 1.0),
-]
-
-
-def rounds_table(with_network: bool = True) -> pd.DataFrame:
-    names = ["round", "selected", "delivered", "up_transport_bytes", "down_transport_bytes"]
-    names += ["cum_up_transport_bytes", "cum_down_transport_bytes", "cum_transport_bytes"]
-    names += ["train_loss", "test_loss", "test_accuracy", "sim_time_s", "wall_s"]
-    table = pd.DataFrame(ROWS, columns=names)
-    for level in ("up", "down", "cum"):
-        table[f"{level}_content_bytes"] = table[f"{level}_transport_bytes"] // 2
-    if not with_network:
-        table["sim_time_s"] = ""
-    return table[list(ROUND_COLUMNS)]
-
+from tests.support import rounds_table
 
 # uplink updates: 8000 dense bytes each, 450 payload, 500 content, 600 message and 1000
 # transport bytes; one failed, one dropped

@@ -8,13 +8,8 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from experiment.config import parse
 from experiment.recorder import Recorder
@@ -23,25 +18,16 @@ from ledger.levels import down_transport_bytes
 from mods.stc_mod import stc_mod
 from protocol import keys
 from strategies import StcFedAvg
-from tests.test_strategy import FakeGrid, read_rows
-
-SHAPES = {"w": (4, 25), "b": (5,)}
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
-
-
-def model(seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {n: rng.normal(size=s).astype(np.float32) for n, s in SHAPES.items()}
-
-
-def record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({n: Array(v) for n, v in tensors.items()})
+from tests.support import (
+    SHAPES,
+    FakeGrid,
+    context,
+    random_model,
+    read_rows,
+    record,
+    train_message,
+    trainer,
+)
 
 
 def stc_config(**extra) -> ConfigRecord:
@@ -58,30 +44,9 @@ def stc_config(**extra) -> ConfigRecord:
     )
 
 
-def context() -> Context:
-    return Context(1, 1, {keys.PARTITION_ID: 0, keys.NUM_PARTITIONS: 1}, RecordDict(), {})
-
-
-def train_message(content: RecordDict) -> Message:
-    return Message(content, message_type=MessageType.TRAIN, dst_node_id=1)
-
-
-def trainer(step: dict[str, np.ndarray], seen: list):
-    """A call_next that adds `step` to the model it receives and records that model."""
-
-    def call_next(msg: Message, ctx: Context) -> Message:
-        received = {n: a.numpy() for n, a in msg.content[keys.ARRAYS].items()}
-        seen.append(received)
-        trained = record({n: received[n] + step[n] for n in received})
-        metrics = MetricRecord({keys.TRAIN_LOSS: 1.0, keys.NUM_EXAMPLES: 10})
-        return Message(RecordDict({keys.ARRAYS: trained, keys.METRICS: metrics}), reply_to=msg)
-
-    return call_next
-
-
 def test_mod_compresses_the_update_and_keeps_the_residual():
-    ctx, seen, step = context(), [], model(1)
-    start = model(0)
+    ctx, seen, step = context(), [], random_model(1)
+    start = random_model(0)
     msg = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: stc_config()}))
     reply = stc_mod(msg, ctx, trainer(step, seen))
     arrays = {p: reply.content[keys.ARRAYS][p].numpy() for p in stc.ARRAY_NAMES}
@@ -96,10 +61,10 @@ def test_mod_compresses_the_update_and_keeps_the_residual():
 
 def test_mod_applies_catch_up_deltas_to_its_own_copy():
     ctx, seen = context(), []
-    start = model(0)
+    start = random_model(0)
     first = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: stc_config()}))
-    stc_mod(first, ctx, trainer(model(1), seen))
-    deltas = {r: stc.encode(list(model(10 + r).values()), p=0.2) for r in (1, 2)}
+    stc_mod(first, ctx, trainer(random_model(1), seen))
+    deltas = {r: stc.encode(list(random_model(10 + r).values()), p=0.2) for r in (1, 2)}
     down = ArrayRecord(
         {f"{r}.{p}": Array(e.arrays[p]) for r, e in deltas.items() for p in stc.ARRAY_NAMES}
     )
@@ -107,7 +72,7 @@ def test_mod_applies_catch_up_deltas_to_its_own_copy():
     stc_mod(
         train_message(RecordDict({keys.DOWN: down, keys.CONFIG: config})),
         ctx,
-        trainer(model(1), seen),
+        trainer(random_model(1), seen),
     )
     expected = dict(start)
     for encoded in deltas.values():
@@ -119,8 +84,8 @@ def test_mod_applies_catch_up_deltas_to_its_own_copy():
 
 def test_mod_passes_other_messages_through():
     ctx, seen = context(), []
-    content = RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: ConfigRecord()})
-    reply = stc_mod(train_message(content), ctx, trainer(model(1), seen))
+    content = RecordDict({keys.ARRAYS: record(random_model(0)), keys.CONFIG: ConfigRecord()})
+    reply = stc_mod(train_message(content), ctx, trainer(random_model(1), seen))
     assert set(reply.content[keys.ARRAYS]) == {"w", "b"}
 
 
@@ -136,7 +101,7 @@ def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(
     grid = FakeGrid(4)
     strategy.discover_partitions(grid)
     clients = {pid: context() for pid in range(4)}
-    global_model = record(model(0))
+    global_model = record(random_model(0))
     # Execute: 4 rounds, each client through the real mod
     for server_round in range(1, 5):
         messages = list(strategy.configure_train(server_round, global_model, ConfigRecord(), grid))
@@ -144,7 +109,7 @@ def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(
         for msg in messages:
             pid = grid.partition_of_node[msg.metadata.dst_node_id]
             seen = []
-            reply = stc_mod(msg, clients[pid], trainer(model(100 + server_round), seen))
+            reply = stc_mod(msg, clients[pid], trainer(random_model(100 + server_round), seen))
             for name in SHAPES:  # the client trains from exactly the server's model
                 np.testing.assert_array_equal(seen[0][name], global_model[name].numpy())
             replies.append(reply)

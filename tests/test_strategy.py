@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from experiment.config import parse
-from experiment.recorder import Recorder
 from experiment.task import client_data
 from protocol import keys
-from strategies import BandwidthFedAvg
 from strategies.discovery import wait_for_nodes
+from tests.support import FakeGrid, make_strategy, model, read_rows, train_reply
 
 # Hand-computed sizes. np.save writes a 128-byte header (magic, version, dict, padding)
 # before the raw values, and ArrayRecord.count_bytes adds the key's length:
@@ -26,59 +22,6 @@ DOWN_WIRE = MODEL_WIRE + 20  # 314
 UP_WIRE = MODEL_WIRE + 38  # 332
 PAYLOAD_BITS = (6 + 3) * 32  # 288
 DENSE_BYTES = (6 + 3) * 4  # 36
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages need a run id; Flower sets it in a real ServerApp process."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
-
-
-def model(value: float = 0.0) -> ArrayRecord:
-    return ArrayRecord(
-        {"w": Array(np.full((2, 3), value, np.float32)), "b": Array(np.full(3, value, np.float32))}
-    )
-
-
-def train_reply(msg: Message, value: float, examples: int = 10, loss: float = 0.5) -> Message:
-    metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: examples})
-    return Message(RecordDict({keys.ARRAYS: model(value), keys.METRICS: metrics}), reply_to=msg)
-
-
-class FakeGrid:
-    """A grid whose nodes answer the partition query; node ids differ from partition ids."""
-
-    def __init__(self, partitions: int, node_offset: int = 1000) -> None:
-        self.partition_of_node = {node_offset + 7 * pid: pid for pid in range(partitions)}
-        self.partitions = partitions
-
-    def get_node_ids(self):
-        return list(self.partition_of_node)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            pid = self.partition_of_node[msg.metadata.dst_node_id]
-            metrics = MetricRecord({keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: self.partitions})
-            replies.append(Message(RecordDict({keys.METRICS: metrics}), reply_to=msg))
-        return replies[::-1]  # arrival order must not matter
-
-
-def make_strategy(flat_config, tmp_path, partitions=4, node_offset=1000, **overrides):
-    flat_config.update(overrides)
-    recorder = Recorder(tmp_path / f"run-{node_offset}")
-    strategy = BandwidthFedAvg(parse(flat_config), recorder)
-    grid = FakeGrid(partitions, node_offset)
-    strategy.discover_partitions(grid)
-    return strategy, grid, recorder
-
-
-def read_rows(recorder: Recorder, name: str = "bandwidth.csv") -> list[dict]:
-    recorder._messages.flush()
-    with (recorder.run_dir / name).open() as file:
-        return list(csv.DictReader(file))
 
 
 def test_discovery_maps_nodes_to_partitions_and_logs_the_query(flat_config, tmp_path):

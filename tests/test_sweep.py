@@ -17,7 +17,7 @@ from flower_app.sweep import (
     to_markdown,
     write_comparison,
 )
-from tests.test_report import rounds_table
+from tests.support import rounds_table
 
 SWEEP = """
 [sweep]

@@ -11,8 +11,16 @@ from fedcodec import topk
 from mods.topk_mod import topk_mod
 from protocol import keys
 from strategies import TopkFedAvg
-from tests.test_stc_preset import SHAPES, context, model, record, train_message, trainer
-from tests.test_strategy import FakeGrid, read_rows, task_identity  # noqa: F401
+from tests.support import (
+    SHAPES,
+    FakeGrid,
+    context,
+    random_model,
+    read_rows,
+    record,
+    train_message,
+    trainer,
+)
 
 
 def topk_config(error_feedback: bool = True) -> ConfigRecord:
@@ -27,8 +35,10 @@ def topk_config(error_feedback: bool = True) -> ConfigRecord:
 
 
 def test_mod_sends_the_largest_entries_exactly_and_keeps_the_rest():
-    ctx, seen, step = context(), [], model(1)
-    msg = train_message(RecordDict({keys.ARRAYS: record(model(0)), keys.CONFIG: topk_config()}))
+    ctx, seen, step = context(), [], random_model(1)
+    msg = train_message(
+        RecordDict({keys.ARRAYS: record(random_model(0)), keys.CONFIG: topk_config()})
+    )
     reply = topk_mod(msg, ctx, trainer(step, seen))
     arrays = {name: array.numpy() for name, array in reply.content[keys.ARRAYS].items()}
     # 10% of 100 and of 5 entries: 10 and 1, sent with their exact float32 values

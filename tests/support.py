@@ -1,0 +1,212 @@
+"""Helpers the test modules share: hand-built models, messages, grids, traces and runs.
+
+Fixtures live in conftest.py; these are plain functions and classes, imported by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+
+from experiment.config import parse
+from experiment.recorder import ROUND_COLUMNS, Recorder
+from flower_app.processes import FLWR_ROOT, processes_under
+from ledger.levels import measure
+from mods.quant_mod import quant_mod
+from mods.size_mod import payload_size_mod
+from protocol import keys
+from strategies import BandwidthFedAvg, QuantFedAvg
+
+
+# ---------------------------------------------------------------- a dense model and its grid
+def model(value: float = 0.0) -> ArrayRecord:
+    return ArrayRecord(
+        {"w": Array(np.full((2, 3), value, np.float32)), "b": Array(np.full(3, value, np.float32))}
+    )
+
+
+def train_reply(msg: Message, value: float, examples: int = 10, loss: float = 0.5) -> Message:
+    metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: examples})
+    return Message(RecordDict({keys.ARRAYS: model(value), keys.METRICS: metrics}), reply_to=msg)
+
+
+class FakeGrid:
+    """A grid whose nodes answer the partition query; node ids differ from partition ids."""
+
+    def __init__(self, partitions: int, node_offset: int = 1000) -> None:
+        self.partition_of_node = {node_offset + 7 * pid: pid for pid in range(partitions)}
+        self.partitions = partitions
+
+    def get_node_ids(self):
+        return list(self.partition_of_node)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for msg in messages:
+            pid = self.partition_of_node[msg.metadata.dst_node_id]
+            metrics = MetricRecord({keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: self.partitions})
+            replies.append(Message(RecordDict({keys.METRICS: metrics}), reply_to=msg))
+        return replies[::-1]  # arrival order must not matter
+
+
+def make_strategy(flat_config, tmp_path, partitions=4, node_offset=1000, **overrides):
+    flat_config.update(overrides)
+    recorder = Recorder(tmp_path / f"run-{node_offset}")
+    strategy = BandwidthFedAvg(parse(flat_config), recorder)
+    grid = FakeGrid(partitions, node_offset)
+    strategy.discover_partitions(grid)
+    return strategy, grid, recorder
+
+
+def read_rows(recorder: Recorder, name: str = "bandwidth.csv") -> list[dict]:
+    recorder._messages.flush()
+    with (recorder.run_dir / name).open() as file:
+        return list(csv.DictReader(file))
+
+
+# ---------------------------------------------------------------- client-side messages
+SHAPES = {"w": (4, 25), "b": (5,)}
+
+
+def random_model(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.normal(size=s).astype(np.float32) for n, s in SHAPES.items()}
+
+
+def record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({n: Array(v) for n, v in tensors.items()})
+
+
+def context() -> Context:
+    return Context(1, 1, {keys.PARTITION_ID: 0, keys.NUM_PARTITIONS: 1}, RecordDict(), {})
+
+
+def train_message(content: RecordDict) -> Message:
+    return Message(content, message_type=MessageType.TRAIN, dst_node_id=1)
+
+
+def trainer(step: dict[str, np.ndarray], seen: list):
+    """A call_next that adds `step` to the model it receives and records that model."""
+
+    def call_next(msg: Message, ctx: Context) -> Message:
+        received = {n: a.numpy() for n, a in msg.content[keys.ARRAYS].items()}
+        seen.append(received)
+        trained = record({n: received[n] + step[n] for n in received})
+        metrics = MetricRecord({keys.TRAIN_LOSS: 1.0, keys.NUM_EXAMPLES: 10})
+        return Message(RecordDict({keys.ARRAYS: trained, keys.METRICS: metrics}), reply_to=msg)
+
+    return call_next
+
+
+def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict, steps: dict):
+    """One round through the real mods; returns the new global model (None: none usable)."""
+    messages = list(strategy.configure_train(1, record(start), ConfigRecord(), grid))
+    replies = []
+    for msg in messages:
+        pid = grid.partition_of_node[msg.metadata.dst_node_id]
+        ctx = clients.setdefault(pid, context())
+        chain = lambda m, c, pid=pid: quant_mod(m, c, trainer(steps[pid], []))  # noqa: E731
+        replies.append(payload_size_mod(msg, ctx, chain))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return None if arrays is None else {name: arrays[name].numpy() for name in SHAPES}
+
+
+# ---------------------------------------------------------------- a simulated network
+# The trace's rates are set in units of a train request's bits (D) and a dense reply's
+# bits (U): a client with rate D receives the model in 1 s.
+def message_bits() -> tuple[float, float, int, int]:
+    """Transport bits of a train request and of a dense reply, and their request counts."""
+    config = ConfigRecord({keys.SERVER_ROUND: 1})
+    content = RecordDict({keys.ARRAYS: model(), keys.CONFIG: config})
+    request = Message(content, message_type=MessageType.TRAIN, dst_node_id=1000)
+    down, up = measure(request, "down"), measure(train_reply(request, 1.0), "up")
+    return 8.0 * down.transport_bytes, 8.0 * up.transport_bytes, down.requests, up.requests
+
+
+def trace_rates() -> dict[int, list[tuple[float, float, float]]]:
+    """Per client: (time_s, up_bps, down_bps) rows."""
+    d, u, _, _ = message_bits()
+    return {
+        0: [(0, u, d)],  # down 1 s, compute 1 s, up 1 s: arrives at 3.0
+        1: [(0, u, d), (2.5, u / 2, d)],  # up from 2.0: 0.5 s at U, 1 s at U / 2: 3.5
+        2: [(0, u / 2, d / 2)],  # down 2 s, compute 1 s, up 2 s: 5.0
+        3: [(0, u, d / 4)],  # down 4 s, compute 1 s, up 1 s: 6.0
+    }
+
+
+def write_trace(path, trace=None):
+    trace = trace_rates() if trace is None else trace
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["client", "time_s", "up_bps", "down_bps"])
+        for client, rows in trace.items():
+            writer.writerows([client, *row] for row in rows)
+    return str(path)
+
+
+# ---------------------------------------------------------------- real runs
+REPO = Path(__file__).resolve().parents[1]
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        module_command(module, *args),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def run_folder(output: subprocess.CompletedProcess) -> Path:
+    assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
+    return Path(output.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
+
+
+def leftover_processes() -> list:
+    """Processes of any launch of this checkout still running (none after a launch ends)."""
+    homes = list(FLWR_ROOT.iterdir()) if FLWR_ROOT.exists() else []
+    return [process for home in homes for process in processes_under(home)]
+
+
+# ---------------------------------------------------------------- a rounds.csv
+# round, selected, delivered, up, down, cum up, cum down, cum (transport bytes), train_loss,
+# test_loss, test_accuracy, sim_time_s, wall_s; content bytes are half the transport bytes
+ROWS = [
+    (0, 0, 0, 100, 0, 100, 0, 100, "", 2.3, 0.10, 0.0, 1.0),
+    (1, 2, 2, 1000, 4000, 1100, 4000, 5100, 1.0, 1.5, 0.55, 30.0, 1.0),
+    (2, 2, 1, 1000, 4000, 2100, 8000, 10100, 0.8, 1.0, 0.72, 55.5, 1.0),
+    (3, 2, 2, 1000, 4000, 3100, 12000, 15100, 0.6, 0.9, 0.70, 80.0, 1.0),
+]
+
+
+def rounds_table(with_network: bool = True) -> pd.DataFrame:
+    names = ["round", "selected", "delivered", "up_transport_bytes", "down_transport_bytes"]
+    names += ["cum_up_transport_bytes", "cum_down_transport_bytes", "cum_transport_bytes"]
+    names += ["train_loss", "test_loss", "test_accuracy", "sim_time_s", "wall_s"]
+    table = pd.DataFrame(ROWS, columns=names)
+    for level in ("up", "down", "cum"):
+        table[f"{level}_content_bytes"] = table[f"{level}_transport_bytes"] // 2
+    if not with_network:
+        table["sim_time_s"] = ""
+    return table[list(ROUND_COLUMNS)]
