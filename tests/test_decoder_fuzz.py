@@ -59,29 +59,17 @@ CASES = cases()
 DTYPES = [np.uint8, np.int32, np.uint32, np.int64, np.float16, np.float32, np.float64]
 
 
+FAULTS = ("drop", "add", "truncate", "extend", "random", "cast", "view", "reshape", "string")
+FAULTS += ("scalar", "extreme")
+
+
 @st.composite
 def broken(draw, arrays: dict[str, np.ndarray]) -> dict:
     """`arrays` with one to three faults."""
     arrays = dict(arrays)
     for _ in range(draw(st.integers(1, 3))):
         names = sorted(arrays)
-        fault = draw(
-            st.sampled_from(
-                [
-                    "drop",
-                    "add",
-                    "truncate",
-                    "extend",
-                    "random",
-                    "cast",
-                    "view",
-                    "reshape",
-                    "string",
-                    "scalar",
-                    "extreme",
-                ]
-            )
-        )
+        fault = draw(st.sampled_from(FAULTS))
         if fault == "add" or not names:
             arrays[draw(st.sampled_from(["extra", "bits", "values", "offsets"]))] = np.zeros(
                 draw(st.integers(0, 8)), np.uint8
