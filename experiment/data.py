@@ -86,9 +86,9 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
     folder = Path(data_dir) if data_dir else FASHION_MNIST_DIR
     arrays = {key: read_idx(_find_idx(folder, stem, name)) for key, stem in IDX_FILES.items()}
     dataset = Dataset(
-        train_images=arrays["train-images"],
+        train_inputs=arrays["train-images"],
         train_labels=arrays["train-labels"].astype(np.int64),
-        test_images=arrays["test-images"],
+        test_inputs=arrays["test-images"],
         test_labels=arrays["test-labels"].astype(np.int64),
     )
     _check_shapes(dataset, name)
@@ -97,8 +97,8 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
 
 def _check_shapes(dataset: Dataset, name: str) -> None:
     for images, labels in (
-        (dataset.train_images, dataset.train_labels),
-        (dataset.test_images, dataset.test_labels),
+        (dataset.train_inputs, dataset.train_labels),
+        (dataset.test_inputs, dataset.test_labels),
     ):
         if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
             raise DatasetCorruptError(
@@ -121,6 +121,6 @@ def synthetic_dataset(seed: int) -> Dataset:
         images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
         return images, labels
 
-    train_images, train_labels = draw(SYNTHETIC_TRAIN)
-    test_images, test_labels = draw(SYNTHETIC_TEST)
-    return Dataset(train_images, train_labels, test_images, test_labels)
+    train_inputs, train_labels = draw(SYNTHETIC_TRAIN)
+    test_inputs, test_labels = draw(SYNTHETIC_TEST)
+    return Dataset(train_inputs, train_labels, test_inputs, test_labels)

@@ -26,7 +26,7 @@ class Dataset:
     Image labels are in 0..9; text windows are their own labels (the label arrays are zeros).
     """
 
-    train_images: np.ndarray
+    train_inputs: np.ndarray
     train_labels: np.ndarray
-    test_images: np.ndarray
+    test_inputs: np.ndarray
     test_labels: np.ndarray

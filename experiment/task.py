@@ -19,18 +19,22 @@ PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
 
 
 @dataclass(frozen=True)
-class Tensors:
-    """Normalised images (n, 1, 28, 28) float32 and int64 labels."""
+class Samples:
+    """Model inputs and their int64 labels, as tensors.
 
-    images: torch.Tensor
+    Images: normalised (n, 1, 28, 28) float32. Text: token windows (n, 65) int64 whose labels
+    are their next tokens (n, 64).
+    """
+
+    inputs: torch.Tensor
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device) -> Tensors:
+    def to(self, device: torch.device) -> Samples:
         """The same tensors on `device` (no copy when they are there already)."""
-        return Tensors(self.images.to(device), self.labels.to(device))
+        return Samples(self.inputs.to(device), self.labels.to(device))
 
 
 def compute_device(name: str) -> torch.device:
@@ -47,17 +51,17 @@ def compute_device(name: str) -> torch.device:
     return torch.device("cuda" if cuda and name != "cpu" else "cpu")
 
 
-def to_tensors(images: np.ndarray, labels: np.ndarray) -> Tensors:
+def to_samples(inputs: np.ndarray, labels: np.ndarray) -> Samples:
     """Scale uint8 images to [0, 1], standardise, add the channel axis.
 
     Text comes as (n, 65) byte windows: the tokens are the input, bytes 1..64 the labels.
     """
-    if images.ndim == 2:
-        tokens = torch.from_numpy(images.astype(np.int64))
-        return Tensors(tokens, tokens[:, 1:].contiguous())
-    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    if inputs.ndim == 2:
+        tokens = torch.from_numpy(inputs.astype(np.int64))
+        return Samples(tokens, tokens[:, 1:].contiguous())
+    x = torch.from_numpy(inputs.astype(np.float32) / 255.0)
     x = ((x - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
-    return Tensors(x, torch.from_numpy(labels.astype(np.int64)))
+    return Samples(x, torch.from_numpy(labels.astype(np.int64)))
 
 
 @lru_cache(maxsize=4)
@@ -78,18 +82,18 @@ def partition_indices(config: ExperimentConfig, num_partitions: int) -> tuple[np
 
 
 @lru_cache(maxsize=1024)
-def client_data(config: ExperimentConfig, partition_id: int, num_partitions: int) -> Tensors:
+def client_data(config: ExperimentConfig, partition_id: int, num_partitions: int) -> Samples:
     """A client's training tensors, built once per process and partition."""
     data = load_dataset(config.dataset, config.data_dir, config.seed)
     indices = partition_indices(config, num_partitions)[partition_id]
-    return to_tensors(data.train_images[indices], data.train_labels[indices])
+    return to_samples(data.train_inputs[indices], data.train_labels[indices])
 
 
 @lru_cache(maxsize=2)
-def test_data(dataset: str, data_dir: str, seed: int) -> Tensors:
+def test_data(dataset: str, data_dir: str, seed: int) -> Samples:
     """The test set as tensors, built once per process."""
     data = load_dataset(dataset, data_dir, seed)
-    return to_tensors(data.test_images, data.test_labels)
+    return to_samples(data.test_inputs, data.test_labels)
 
 
 def minibatches(
@@ -124,7 +128,7 @@ def samples_processed(size: int, batch_size: int, epochs: int, steps: int) -> in
 
 def train(
     model: nn.Module,
-    data: Tensors,
+    data: Samples,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -139,7 +143,7 @@ def train(
     total, count = 0.0, 0
     for batch in minibatches(len(data), batch_size, epochs, steps, generator):
         optimizer.zero_grad()
-        loss = loss_fn(model(data.images[batch]), data.labels[batch])
+        loss = loss_fn(model(data.inputs[batch]), data.labels[batch])
         loss.backward()
         optimizer.step()
         total += loss.item()
@@ -148,7 +152,7 @@ def train(
 
 
 def local_train(
-    model: nn.Module, data: Tensors, config: ExperimentConfig, server_round: int, partition_id: int
+    model: nn.Module, data: Samples, config: ExperimentConfig, server_round: int, partition_id: int
 ) -> float:
     """One client's local training in one round, as the config says; returns the mean loss."""
     generator = round_generator(config.seed, server_round, partition_id)
@@ -165,12 +169,12 @@ def local_train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Tensors, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Samples, batch_size: int = 1000) -> tuple[float, float]:
     """Return (mean cross-entropy loss, accuracy) on `data`, per label (per token for text)."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
-        logits = model(data.images[start : start + batch_size])
+        logits = model(data.inputs[start : start + batch_size])
         labels = data.labels[start : start + batch_size]
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(1) == labels).sum())

@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from experiment.config import ExperimentConfig, parse
 from experiment.models import build_model
-from experiment.task import Tensors, client_data, compute_device, evaluate, local_train
+from experiment.task import Samples, client_data, compute_device, evaluate, local_train
 from mods.fault_mod import make_fault_mod
 from mods.qsfl_mod import qsfl_mod, upload_segment
 from mods.quant_mod import quant_mod
@@ -72,7 +72,7 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
 
 def received_model_and_data(
     msg: Message, config: ExperimentConfig, partition_id: int, num_partitions: int
-) -> tuple[torch.nn.Module, Tensors]:
+) -> tuple[torch.nn.Module, Samples]:
     """The model the server sent and this client's data, both on the configured device."""
     device = compute_device(config.device)
     model = build_model(config.model, config.seed).to(device)

@@ -16,7 +16,7 @@ from experiment.config import ConfigError, check_selection, default_run_name, pa
 from experiment.dataset import DatasetError
 from experiment.models import build_model
 from experiment.recorder import Recorder
-from experiment.task import Tensors, compute_device, evaluate, test_data
+from experiment.task import Samples, compute_device, evaluate, test_data
 from flower_app.plots import write_run_plots
 from strategies import PRESETS, BandwidthFedAvg
 from strategies.accounting import dense_bytes
@@ -93,7 +93,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
 
 def central_evaluation(
     model: torch.nn.Module,
-    test: Tensors,
+    test: Samples,
     strategy: BandwidthFedAvg,
     num_rounds: int,
     rows: list[dict[str, Any]],

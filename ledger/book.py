@@ -48,7 +48,7 @@ SimTimes = Callable[[int, str, str, str], tuple[float | str, float | str]]
 
 
 @dataclass
-class Received:
+class ReplySizes:
     """A reply as it arrived: its levels and the sizes the client measured on its side."""
 
     levels: Levels
@@ -146,21 +146,21 @@ class Ledger:
             if pending_phase == phase
         }
 
-    def receive(self, reply: Message) -> Received:
+    def arrived(self, reply: Message) -> ReplySizes:
         """Measure a reply as it arrived, then take the client's own sizes out of its metrics.
 
         Call it in partition order: an object that an earlier reply of the round carried is
         at the SuperLink already and costs this reply no push (Flower's content addressing).
         """
-        received = Received(measure(reply, "up", self._pushed))
-        self._pushed |= received.levels.object_ids
+        reply_sizes = ReplySizes(measure(reply, "up", self._pushed))
+        self._pushed |= reply_sizes.levels.object_ids
         if reply.has_error() or keys.METRICS not in reply.content.metric_records:
-            return received
+            return reply_sizes
         metrics = reply.content.metric_records[keys.METRICS]
         client = [metrics.pop(key, None) for key in CLIENT_KEYS]
         if all(isinstance(value, float) for value in client):
-            received.client_down_bytes, received.client_up_bytes = (int(v) for v in client)
-        return received
+            reply_sizes.client_down_bytes, reply_sizes.client_up_bytes = (int(v) for v in client)
+        return reply_sizes
 
     def replied(
         self,
@@ -169,22 +169,24 @@ class Ledger:
         partition_id: int,
         reply: Message,
         status: str,
-        received: Received,
+        reply_sizes: ReplySizes,
         fields: dict,
     ) -> None:
         """Log a reply, and the message down it answers with the same status."""
         down = self._pending.pop((phase, reply.metadata.src_node_id), None)
         if down is not None:
-            self._log(down | {"status": status, "client_message_bytes": received.client_down_bytes})
+            self._log(
+                down | {"status": status, "client_message_bytes": reply_sizes.client_down_bytes}
+            )
         self._log(
             {
                 "round": server_round,
                 "partition_id": partition_id,
                 "phase": phase,
                 "direction": "up",
-                "levels": received.levels,
+                "levels": reply_sizes.levels,
                 "status": status,
-                "client_message_bytes": received.client_up_bytes,
+                "client_message_bytes": reply_sizes.client_up_bytes,
             }
             | fields
         )

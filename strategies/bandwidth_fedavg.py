@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 from experiment.config import ExperimentConfig
 from experiment.recorder import Recorder
 from experiment.task import partition_indices, samples_processed
-from ledger.book import LEVELS, Ledger, Received
+from ledger.book import LEVELS, Ledger, ReplySizes
 from protocol import keys
 from strategies.accounting import dense_fields
 from strategies.discovery import Directory
@@ -112,8 +112,8 @@ class BandwidthFedAvg(FedAvg):
         """Log every reply, leave out failed, late or malformed ones, FedAvg the rest."""
         accepted = []
         replies = self._sorted(replies)
-        received = [self.ledger.receive(reply) for reply in replies]
-        network_status = self._time_round(self.upload_phase, replies, received)
+        sizes = [self.ledger.arrived(reply) for reply in replies]
+        network_status = self._time_round(self.upload_phase, replies, sizes)
         statuses = [
             "dropped"
             if network_status.get(self._partition(reply)) == "dropped"
@@ -121,8 +121,8 @@ class BandwidthFedAvg(FedAvg):
             for reply in replies
         ]
         self._reject_outliers(replies, statuses)
-        for reply, measured, status in zip(replies, received, statuses, strict=True):
-            self._log_reply(server_round, self.upload_phase, reply, status, measured)
+        for reply, reply_sizes, status in zip(replies, sizes, statuses, strict=True):
+            self._log_reply(server_round, self.upload_phase, reply, status, reply_sizes)
             if status in ACCEPTED:
                 accepted.append(reply)
         self.ledger.flush_pending(self.upload_phase)
@@ -136,7 +136,7 @@ class BandwidthFedAvg(FedAvg):
         return arrays, metrics
 
     def _time_round(
-        self, phase: str, replies: list[Message], received: list[Received]
+        self, phase: str, replies: list[Message], sizes: list[ReplySizes]
     ) -> dict[int, str]:
         """Time a phase on the simulated network; the straggler policy's verdicts.
 
@@ -146,11 +146,11 @@ class BandwidthFedAvg(FedAvg):
         uploads = {
             self._partition(reply): Upload(
                 self._samples(reply) if phase == "train" else 0,
-                8 * measured.levels.transport_bytes,
+                8 * reply_sizes.levels.transport_bytes,
                 8 * self.refinement_bytes(reply),
-                measured.levels.requests,
+                reply_sizes.levels.requests,
             )
-            for reply, measured in zip(replies, received, strict=True)
+            for reply, reply_sizes in zip(replies, sizes, strict=True)
             if not reply.has_error() and self._partition(reply) in down
         }
         keep = self._keep if phase == "train" else len(down)
@@ -250,9 +250,9 @@ class BandwidthFedAvg(FedAvg):
         """Log every evaluation reply, then average the metrics of the good ones."""
         accepted = []
         for reply in self._sorted(replies):
-            measured = self.ledger.receive(reply)
+            reply_sizes = self.ledger.arrived(reply)
             status = "failed" if reply.has_error() else self._check_evaluate_reply(reply)
-            self._log_reply(server_round, "evaluate", reply, status, measured)
+            self._log_reply(server_round, "evaluate", reply, status, reply_sizes)
             if status == "delivered":
                 accepted.append(reply)
         self.ledger.flush_pending("evaluate")
@@ -377,11 +377,11 @@ class BandwidthFedAvg(FedAvg):
         return dense_fields(arrays) if phase == "train" and arrays is not None else {}
 
     def _log_reply(
-        self, server_round: int, phase: str, reply: Message, status: str, received: Received
+        self, server_round: int, phase: str, reply: Message, status: str, reply_sizes: ReplySizes
     ) -> None:
         fields = self.reply_fields(phase, reply)
         self.ledger.replied(
-            server_round, phase, self._partition(reply), reply, status, received, fields
+            server_round, phase, self._partition(reply), reply, status, reply_sizes, fields
         )
 
     def _partition(self, reply: Message) -> int:

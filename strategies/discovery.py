@@ -150,7 +150,7 @@ class Directory:
         for reply in self.in_order(replies):
             partition_id = self.partition(reply)
             ledger.sent(0, partition_id, "query", sent[reply.metadata.src_node_id], {})
-            ledger.replied(0, "query", partition_id, reply, "delivered", ledger.receive(reply), {})
+            ledger.replied(0, "query", partition_id, reply, "delivered", ledger.arrived(reply), {})
         return reports
 
 

@@ -115,14 +115,14 @@ class QsflFedAvg(CodedFedAvg):
     # ---------------------------------------------------------------- phase 1
     def _read_reports(self, server_round: int, replies: list[Message]) -> list[Report]:
         """Log phase 1's replies; the reports of the candidates that may be ranked."""
-        received = [self.ledger.receive(reply) for reply in replies]
-        network_status = self._time_round("train", replies, received)
+        sizes = [self.ledger.arrived(reply) for reply in replies]
+        network_status = self._time_round("train", replies, sizes)
         reports = []
-        for reply, measured in zip(replies, received, strict=True):
+        for reply, reply_sizes in zip(replies, sizes, strict=True):
             report, status = self._read_report(reply)
             if status == "delivered" and network_status.get(self._partition(reply)) == "dropped":
                 report, status = None, "dropped"
-            self._log_reply(server_round, "train", reply, status, measured)
+            self._log_reply(server_round, "train", reply, status, reply_sizes)
             if report is not None:
                 reports.append(report)
         self.ledger.flush_pending("train")

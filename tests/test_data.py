@@ -81,9 +81,9 @@ def test_fashion_mnist_shapes_and_label_counts():
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.fail("Fashion-MNIST missing: `make install` installs dataset-fashion-mnist")
     data = load_dataset("fashion-mnist")
-    assert data.train_images.shape == (60000, 28, 28)
-    assert data.test_images.shape == (10000, 28, 28)
-    assert data.train_images.dtype == np.uint8
+    assert data.train_inputs.shape == (60000, 28, 28)
+    assert data.test_inputs.shape == (10000, 28, 28)
+    assert data.train_inputs.dtype == np.uint8
     assert np.bincount(data.train_labels).tolist() == [6000] * 10
     assert np.bincount(data.test_labels).tolist() == [1000] * 10
 
@@ -99,7 +99,7 @@ def test_data_dir_loads_idx_files_of_the_same_format(tmp_path):
     # Execute
     data = load_dataset("mnist", str(tmp_path))
     # Assert
-    assert data.train_images.shape == (20, 28, 28) and data.test_labels.tolist()[:3] == [0, 1, 2]
+    assert data.train_inputs.shape == (20, 28, 28) and data.test_labels.tolist()[:3] == [0, 1, 2]
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
@@ -114,15 +114,15 @@ def test_text_becomes_byte_windows_with_the_last_16_for_testing(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"x" * 64)
     data = text_dataset(str(tmp_path))
     # a.txt, "\n", b.txt: 64 + 1 + 1300 = 1365 bytes = 21 windows of 65: 5 train, 16 test
-    assert data.train_images.shape == (5, 65) and data.test_images.shape == (16, 65)
-    assert data.train_images[0].tobytes() == b"x" * 64 + b"\n"
+    assert data.train_inputs.shape == (5, 65) and data.test_inputs.shape == (16, 65)
+    assert data.train_inputs[0].tobytes() == b"x" * 64 + b"\n"
     with pytest.raises(DatasetMissingError, match="no .txt files in"):
         text_dataset(str(tmp_path / "empty"))
 
 
 def test_synthetic_is_seeded():
     first, again, other = synthetic_dataset(1), synthetic_dataset(1), synthetic_dataset(2)
-    np.testing.assert_array_equal(first.train_images, again.train_images)
-    assert not np.array_equal(first.train_images, other.train_images)
-    assert first.train_images.shape == (2000, 28, 28)
+    np.testing.assert_array_equal(first.train_inputs, again.train_inputs)
+    assert not np.array_equal(first.train_inputs, other.train_inputs)
+    assert first.train_inputs.shape == (2000, 28, 28)
     assert np.bincount(first.train_labels).tolist() == [200] * 10

@@ -78,9 +78,9 @@ def test_an_object_pushed_earlier_in_the_round_is_not_pushed_again():
         return Message(content, reply_to=request)
 
     # Execute
-    first, second = ledger.receive(reply(0.5)), ledger.receive(reply(0.25))
+    first, second = ledger.arrived(reply(0.5)), ledger.arrived(reply(0.25))
     ledger.start_round()
-    next_round = ledger.receive(reply(0.125))
+    next_round = ledger.arrived(reply(0.125))
     # Assert: the array record, its array and its chunk are at the SuperLink already
     assert (first.levels.requests, second.levels.requests, next_round.levels.requests) == (7, 4, 7)
     assert first.levels.message_bytes == second.levels.message_bytes

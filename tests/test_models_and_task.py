@@ -16,7 +16,7 @@ from experiment.task import (
     minibatches,
     round_generator,
     samples_processed,
-    to_tensors,
+    to_samples,
     train,
 )
 
@@ -47,7 +47,7 @@ def test_pythia_14m_shape_and_bytes():
 
 def test_text_windows_predict_their_next_bytes_and_accuracy_counts_tokens():
     windows = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.uint8)
-    data = to_tensors(windows, np.zeros(2, np.int64))
+    data = to_samples(windows, np.zeros(2, np.int64))
     assert data.labels.tolist() == [[2, 3, 4], [6, 7, 8]]
 
     class PredictsTwo(torch.nn.Module):  # always predicts byte 2: one token of six right
@@ -70,8 +70,8 @@ def test_same_seed_same_initial_weights():
 
 def test_training_learns_the_synthetic_task():
     data = synthetic_dataset(0)
-    train_set = to_tensors(data.train_images, data.train_labels)
-    test_set = to_tensors(data.test_images, data.test_labels)
+    train_set = to_samples(data.train_inputs, data.train_labels)
+    test_set = to_samples(data.test_inputs, data.test_labels)
     model = build_model("logistic", 0)
     _, before = evaluate(model, test_set)
     train(

@@ -56,7 +56,7 @@ def test_client_and_server_disagree_on_a_reply_altered_in_flight(quant_strategy)
     tampered = payload_size_mod(msg, context(), chain)
     tampered.content[keys.ARRAYS]["lows"] = Array(np.zeros(3, np.float32))  # one value more
     # Execute
-    fair, altered = strategy.ledger.receive(reply), strategy.ledger.receive(tampered)
+    fair, altered = strategy.ledger.arrived(reply), strategy.ledger.arrived(tampered)
     # Assert
     assert fair.client_up_bytes == fair.levels.message_bytes
     assert fair.client_down_bytes == measure(msg, "down").message_bytes
