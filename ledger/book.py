@@ -229,6 +229,48 @@ class Ledger:
         if row["phase"] in TRAIN_PHASES:
             self.train.add(row)
 
+    def round_bytes(self) -> dict:
+        """The round row's byte columns: this round's and the run's, sent, two levels."""
+        round_sent = self.round.bytes_by_level("sent")
+        run_sent = self.run.bytes_by_level("sent")
+        row = {}
+        for level in ("transport", "content"):
+            row[f"up_{level}_bytes"] = round_sent["up"][level]
+            row[f"down_{level}_bytes"] = round_sent["down"][level]
+            row[f"cum_{level}_bytes"] = run_sent["up"][level] + run_sent["down"][level]
+        row["cum_up_transport_bytes"] = run_sent["up"]["transport"]
+        row["cum_down_transport_bytes"] = run_sent["down"]["transport"]
+        return row
+
+    def formula_summary(
+        self, model_bytes: int, clients: int, fraction_train: float, rounds: int
+    ) -> dict:
+        """The run's bytes per direction and level, and the train phase beside the formula.
+
+        The formula (model down + update up) x N x fraction x rounds counts float32 payloads,
+        so it is compared with the payload the train phase used; each level above adds what
+        Flower wraps around it (`<level>_framing_bytes`).
+        """
+        formula = 2 * model_bytes * clients * fraction_train * rounds
+        formula = int(formula) if float(formula).is_integer() else formula
+        used = self.train.bytes_by_level("used")
+        train = {level: used["up"][level] + used["down"][level] for level in LEVELS}
+        summary = {
+            "clients": clients,
+            "fraction_train": fraction_train,
+            "rounds": rounds,
+            "model_bytes": model_bytes,
+            "formula_bytes": formula,
+            "train_messages": sum(self.train.messages.values()),
+            "train_payload_bytes": train["payload"],
+            "payload_minus_formula_bytes": train["payload"] - formula,
+        }
+        for level in LEVELS[1:]:
+            summary[f"train_{level}_bytes"] = train[level]
+            summary[f"{level}_framing_bytes"] = train[level] - train["payload"]
+        summary["bytes"] = self.bytes_summary()
+        return summary
+
     def bytes_summary(self) -> dict:
         """Bytes sent and used over the whole run: {direction: {level: {sent, used}}}."""
         sent, used = self.run.bytes_by_level("sent"), self.run.bytes_by_level("used")

@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 from experiment.config import ExperimentConfig
 from experiment.recorder import Recorder
 from experiment.task import partition_indices, samples_processed
-from ledger.book import LEVELS, Ledger, ReplySizes
+from ledger.book import Ledger, ReplySizes
 from protocol import keys
 from strategies.accounting import dense_fields
 from strategies.discovery import Directory
@@ -274,8 +274,6 @@ class BandwidthFedAvg(FedAvg):
     # ------------------------------------------------------------------ rounds
     def finish_round(self, server_round: int, test_loss: float, test_accuracy: float) -> dict:
         """Append the round's row (called after central evaluation) and return it."""
-        round_sent = self.ledger.round.bytes_by_level("sent")
-        run_sent = self.ledger.run.bytes_by_level("sent")
         row = {
             "round": server_round,
             "selected": self._round.get("selected", 0),
@@ -285,45 +283,18 @@ class BandwidthFedAvg(FedAvg):
             "test_accuracy": test_accuracy,
             "sim_time_s": "" if self.clock is None else round(self.clock.now, 6),
             "wall_s": round(time.perf_counter() - self._round["t0"], 3),
-        }
-        for level in ("transport", "content"):
-            row[f"up_{level}_bytes"] = round_sent["up"][level]
-            row[f"down_{level}_bytes"] = round_sent["down"][level]
-            row[f"cum_{level}_bytes"] = run_sent["up"][level] + run_sent["down"][level]
-        row["cum_up_transport_bytes"] = run_sent["up"]["transport"]
-        row["cum_down_transport_bytes"] = run_sent["down"]["transport"]
+        } | self.ledger.round_bytes()
         if self.clock is not None:
             self.recorder.log_rates(self.clock.rate_rows())
         self.recorder.log_round(row)
         return row
 
     def bandwidth_summary(self, model_bytes: int) -> dict:
-        """Bytes per direction and level, and the train phase beside the formula.
-
-        The formula (model down + update up) x N x fraction x rounds counts float32 payloads,
-        so it is compared with the payload the train phase used; each level above adds what
-        Flower wraps around it (`<level>_framing_bytes`).
-        """
-        clients, rounds = len(self.directory.node_of), self.config.num_server_rounds
-        formula = 2 * model_bytes * clients * self.config.fraction_train * rounds
-        formula = int(formula) if float(formula).is_integer() else formula
-        used = self.ledger.train.bytes_by_level("used")
-        train = {level: used["up"][level] + used["down"][level] for level in LEVELS}
-        summary = {
-            "clients": clients,
-            "fraction_train": self.config.fraction_train,
-            "rounds": rounds,
-            "model_bytes": model_bytes,
-            "formula_bytes": formula,
-            "train_messages": sum(self.ledger.train.messages.values()),
-            "train_payload_bytes": train["payload"],
-            "payload_minus_formula_bytes": train["payload"] - formula,
-        }
-        for level in LEVELS[1:]:
-            summary[f"train_{level}_bytes"] = train[level]
-            summary[f"{level}_framing_bytes"] = train[level] - train["payload"]
-        summary["bytes"] = self.ledger.bytes_summary()
-        return summary
+        """Bytes per direction and level, and the train phase beside the formula."""
+        clients = len(self.directory.node_of)
+        return self.ledger.formula_summary(
+            model_bytes, clients, self.config.fraction_train, self.config.num_server_rounds
+        )
 
     def _start_round(self, server_round: int) -> None:
         self._round = {"round": server_round, "t0": time.perf_counter()}
