@@ -3,20 +3,20 @@
 Downlink: a dense model, or the compressed deltas of the rounds the client missed, applied to
 the client's own copy of the global model (kept in `context.state`). The train handler then
 sees a dense model as usual. Uplink: the update (trained - received) goes through error
-feedback (residual in `context.state`) and STC; the reply carries the three STC arrays in place
+feedback (residual in `context.state`) and STC; the reply carries the STC arrays in place
 of the dense model. Settings come from the message's ConfigRecord, read at call time.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedcodec import stc
 from mods.uplink import codec_config, to_record, train_and_encode, uplink_rng
 from protocol import keys
-from protocol.stc import CODEC, apply_catch_up
+from protocol.stc import CODEC, RESYNC, apply_catch_up
 
 
 def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -42,15 +42,21 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
 def rebuild_global_model(msg: Message, context: Context) -> dict[str, np.ndarray]:
     """The global model this message brings: dense, or own copy + the deltas sent.
 
-    The result becomes the client's copy of the global model (in `context.state`).
+    The result becomes the client's copy of the global model, with its round, in
+    `context.state`. Deltas but no copy: an error whose reason says `RESYNC`.
     """
     content = msg.content
+    state = context.state
     if keys.DOWN in content.array_records:
-        own = context.state.array_records.get(keys.STATE_GLOBAL)
-        if own is None:
-            raise RuntimeError("STC deltas arrived but this client holds no global model")
-        model = apply_catch_up({name: array.numpy() for name, array in own.items()}, content)
+        own = state.array_records.get(keys.STATE_GLOBAL)
+        held = state.config_records.get(keys.STATE_GLOBAL_ROUND)
+        if own is None or held is None:
+            raise RuntimeError(f"{RESYNC}: STC deltas arrived but this client holds no model")
+        model = {name: array.numpy() for name, array in own.items()}
+        model = apply_catch_up(model, content, int(held["round"]))
     else:
         model = {name: array.numpy() for name, array in content[keys.ARRAYS].items()}
-    context.state[keys.STATE_GLOBAL] = to_record(model)
+    state[keys.STATE_GLOBAL] = to_record(model)
+    server_round = int(content[keys.CONFIG][keys.SERVER_ROUND])
+    state[keys.STATE_GLOBAL_ROUND] = ConfigRecord({"round": server_round - 1})
     return model

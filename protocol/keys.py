@@ -56,6 +56,7 @@ CLIENT_UP_BYTES = "client-up-message-bytes"  # the reply as it left (these entri
 
 # What a client keeps in context.state between rounds
 STATE_GLOBAL = "stc.global"  # its copy of the global model
+STATE_GLOBAL_ROUND = "stc.global-round"  # ConfigRecord {"round": r}: that copy is round r's
 STATE_RESIDUAL = "stc.residual"  # its uplink error-feedback residual
 STATE_QUANT_RESIDUAL = "quant.residual"  # its quantized-uplink error-feedback residual
 STATE_TOPK_RESIDUAL = "topk.residual"  # its top-k uplink error-feedback residual

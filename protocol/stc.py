@@ -3,6 +3,12 @@
 A client that missed rounds receives the compressed deltas of those rounds (ArrayRecord
 `down`, arrays `<round>.<part>`, the rounds in order under `down.rounds` in the config) and
 applies them, in order, to its own copy of the global model (`apply_catch_up`).
+
+Keeping the two copies equal: the server counts a client as holding round r's model only once
+the client answered round r + 1's message (a client that raised kept its old state: Flower
+discards the context of a failed ClientApp); the client skips the deltas it already applied
+(an answer that never reached the server); a client without a copy (a node that lost its
+state) fails with `RESYNC` in its reason, and the server sends it the dense model next time.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from fedcodec import stc
 from protocol import keys
 
 CODEC = "stc"
+RESYNC = "resync needed"  # in a client's error reason: send me the dense model
+RESYNC_CODEC = "float32-resync"  # the dense model sent for that reason (its own log label)
 
 
 def catch_up_content(deltas: dict[int, stc.Encoded], config: ConfigRecord) -> RecordDict:
@@ -29,12 +37,19 @@ def catch_up_content(deltas: dict[int, stc.Encoded], config: ConfigRecord) -> Re
     return RecordDict({keys.DOWN: arrays, keys.CONFIG: config})
 
 
-def apply_catch_up(model: dict[str, np.ndarray], content: RecordDict) -> dict[str, np.ndarray]:
-    """`model` moved by every delta a catch-up content carries (a new dict; `down` removed)."""
+def apply_catch_up(
+    model: dict[str, np.ndarray], content: RecordDict, held_round: int
+) -> dict[str, np.ndarray]:
+    """`model` (round `held_round`'s) moved by the later deltas a catch-up content carries.
+
+    Returns a new dict; the `down` record is removed from `content`.
+    """
     model = {name: value.copy() for name, value in model.items()}
     deltas = content.array_records[keys.DOWN]
     shapes = [value.shape for value in model.values()]
     for server_round in content[keys.CONFIG][keys.DOWN_ROUNDS]:
+        if server_round <= held_round:
+            continue  # applied already: the server never heard this client's answer
         arrays = {part: deltas[f"{server_round}.{part}"].numpy() for part in stc.ARRAY_NAMES}
         decoded, _ = stc.decode_arrays(arrays, shapes)
         for name, value in zip(model, decoded, strict=True):

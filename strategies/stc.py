@@ -10,14 +10,16 @@ when that message is smaller.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedcodec import stc
 from fedcodec.feedback import error_feedback_step
 from ledger.levels import down_transport_bytes
 from protocol import keys
-from protocol.stc import CODEC, catch_up_content, codec_entries
+from protocol.stc import CODEC, RESYNC, RESYNC_CODEC, catch_up_content, codec_entries
 from strategies.accounting import dense_bytes, dense_fields
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
@@ -28,7 +30,8 @@ class StcFedAvg(CodedFedAvg):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.deltas: dict[int, stc.Encoded] = {}  # round -> the compressed delta it applied
-        self.synced: dict[int, int] = {}  # partition -> round of the model it holds
+        self.synced: dict[int, int] = {}  # partition -> round of the model it holds (answered)
+        self._resync: set[int] = set()  # partitions that lost their copy: dense next time
         self.residual: list[np.ndarray] | None = None
 
     # ---------------------------------------------------------------- downlink
@@ -45,10 +48,13 @@ class StcFedAvg(CodedFedAvg):
             return super().downlink(server_round, phase, partition_id, arrays, config)
         client_config = self.train_config(config)
         last = self.synced.get(partition_id)
-        self.synced[partition_id] = server_round - 1
         dense = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: client_config})
         if last is None:
-            return dense, dense_fields(arrays)
+            fields = dense_fields(arrays)
+            if partition_id in self._resync:
+                self._resync.discard(partition_id)
+                fields["codec"] = RESYNC_CODEC
+            return dense, fields
         # rounds without an accepted update left the model unchanged and sent nothing
         missed = [r for r in range(last + 1, server_round) if r in self.deltas]
         deltas = {r: self.deltas[r] for r in missed}
@@ -67,6 +73,24 @@ class StcFedAvg(CodedFedAvg):
         )
 
     # ---------------------------------------------------------------- uplink
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Note who holds which model, then aggregate.
+
+        A client that answered holds this round's model, whatever the server makes of its
+        update; one that failed kept its old copy, unless it says it has none (`RESYNC`).
+        """
+        replies = list(replies)
+        for reply in replies:
+            partition_id = self._partition(reply)
+            if not reply.has_error():
+                self.synced[partition_id] = server_round - 1
+            elif RESYNC in reply.error.reason:
+                self.synced.pop(partition_id, None)
+                self._resync.add(partition_id)
+        return super().aggregate_train(server_round, replies)
+
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
     ) -> DecodedUpdate:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 
 from experiment.config import parse
 from experiment.recorder import Recorder
@@ -166,3 +163,102 @@ def test_catch_up_or_dense_goes_by_the_bytes_that_travel(flat_config, tmp_path, 
     else:
         assert content[keys.CONFIG][keys.DOWN_ROUNDS] == list(range(1, missed + 1))
         assert fields["payload_bits"] == payload_bits
+
+
+# ---------------------------------------------------------------- resynchronisation
+def play_stc_round(strategy, grid, clients, global_model, server_round, fate=None):
+    """One round through the real mod; `fate[pid]`: "raise", "lost" (reply never arrives).
+
+    A client that raises keeps the state it had before the message, as Flower discards the
+    context of a failed ClientApp. Returns the new global model and what each client trained
+    from.
+    """
+    fate = fate or {}
+    messages = list(strategy.configure_train(server_round, global_model, ConfigRecord(), grid))
+    replies, trained_from = [], {}
+    for msg in messages:
+        pid = grid.partition_of_node[msg.metadata.dst_node_id]
+        kept = copy.deepcopy(clients[pid].state)
+        seen = []
+        try:
+            if fate.get(pid) == "raise":
+                raise RuntimeError("injected: the client crashed")
+            reply = stc_mod(msg, clients[pid], trainer(random_model(100 + server_round), seen))
+        except RuntimeError as error:
+            clients[pid].state = kept
+            reply = Message(Error(code=0, reason=str(error)), reply_to=msg)
+        if seen:
+            trained_from[pid] = seen[0]
+        if fate.get(pid) != "lost":
+            replies.append(reply)
+    new_global, _ = strategy.aggregate_train(server_round, replies)
+    return new_global, trained_from
+
+
+@pytest.fixture
+def stc_run(flat_config, tmp_path, monkeypatch):
+    """4 clients, all every round, a model of 25,005 weights (a catch-up beats the dense one)."""
+    monkeypatch.setitem(SHAPES, "w", (100, 250))
+    flat_config.update(
+        {"strategy": "stc", "fraction-train": 1.0, "stc.p-up": 0.1, "stc.p-down": 0.05}
+    )
+    strategy = StcFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    grid = FakeGrid(4)
+    strategy.discover_partitions(grid)
+    return strategy, grid, {pid: context() for pid in range(4)}
+
+
+def assert_trained_from(trained_from: dict, global_model: ArrayRecord) -> None:
+    for name in SHAPES:
+        np.testing.assert_array_equal(trained_from[name], global_model[name].numpy())
+
+
+@pytest.mark.parametrize("fate", ["raise", "lost"])
+def test_a_client_that_failed_or_went_unheard_trains_next_from_the_servers_model(stc_run, fate):
+    strategy, grid, clients = stc_run
+    model = record(random_model(0))
+    # Execute: client 0 raises in round 2 (or answers, but its reply never arrives)
+    model, _ = play_stc_round(strategy, grid, clients, model, 1)
+    model, _ = play_stc_round(strategy, grid, clients, model, 2, {0: fate})
+    expected = model
+    model, trained_from = play_stc_round(strategy, grid, clients, model, 3)
+    # Assert: in round 3 it gets the deltas of rounds 1 and 2 (it answered round 1 only) and
+    # trains from exactly the server's model: a client that raised kept round 0's copy and
+    # applies both, one whose answer was lost holds round 1's and skips the first
+    assert_trained_from(trained_from[0], expected)
+    down = [
+        r
+        for r in read_rows(strategy.recorder)
+        if (r["phase"], r["direction"], r["partition_id"]) == ("train", "down", "0")
+    ]
+    assert [r["codec"] for r in down] == ["float32", "stc", "stc"]
+    assert [r["status"] for r in down] == [
+        "delivered",
+        "failed" if fate == "raise" else "timeout",
+        "delivered",
+    ]
+
+
+def test_a_client_that_lost_its_copy_asks_for_and_gets_the_dense_model(stc_run):
+    strategy, grid, clients = stc_run
+    model = record(random_model(0))
+    model, _ = play_stc_round(strategy, grid, clients, model, 1)
+    # Execute: client 0's node restarts between rounds 1 and 2 (a fresh context)
+    clients[0] = context()
+    model, trained_from = play_stc_round(strategy, grid, clients, model, 2)
+    assert 0 not in trained_from  # deltas but no copy: it asked for a resync
+    expected = model
+    model, trained_from = play_stc_round(strategy, grid, clients, model, 3)
+    # Assert: round 2 failed with the reason logged; round 3's message is the dense model under
+    # its own label, and the client trains from exactly the server's model
+    assert_trained_from(trained_from[0], expected)
+    rows = [
+        r
+        for r in read_rows(strategy.recorder)
+        if (r["phase"], r["partition_id"]) == ("train", "0") and r["direction"] == "down"
+    ]
+    assert [(r["codec"], r["status"]) for r in rows] == [
+        ("float32", "delivered"),
+        ("stc", "failed"),
+        ("float32-resync", "delivered"),
+    ]
