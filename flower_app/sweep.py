@@ -20,14 +20,16 @@ The file (see sweeps/default.toml):
     num-supernodes = 20         # optional: this run's number of clients
 
 Every run (and seed) is validated before the first one starts; a run that fails later is
-reported and the sweep goes on; a run already finished in the sweep folder is reused, so a
-sweep that was stopped resumes where it was. The comparison (comparison.csv, comparison.md
-and plots) is written into the sweep folder.
+reported and the sweep goes on; a run already finished in the sweep folder is reused when its
+settings (run_config.json, number of clients) are the sweep's, and run again, saying which keys
+changed, when they are not; a sweep that was stopped resumes where it was. The comparison
+(comparison.csv, comparison.md and plots) is written into the sweep folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -291,10 +293,18 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
         )
         finished = sweep.folder / run_folder_name(name, seed)
         if (finished / "summary.json").is_file():
-            print(f"[sweep {sweep.name}] {finished} is already finished: reused", flush=True)
-            done.setdefault(name, []).append(finished)
-            continue
-        if finished.exists():
+            changed = changed_settings(finished, overrides, sweep.clients[name])
+            if not changed:
+                print(f"[sweep {sweep.name}] {finished} is already finished: reused", flush=True)
+                done.setdefault(name, []).append(finished)
+                continue
+            print(
+                f"[sweep {sweep.name}] {finished} ran with other settings "
+                f"({', '.join(changed)}): run again",
+                flush=True,
+            )
+            shutil.rmtree(finished)
+        elif finished.exists():
             print(f"[sweep {sweep.name}] {finished} did not finish: run again", flush=True)
             shutil.rmtree(finished)
         try:
@@ -307,6 +317,24 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
     table = compare(done, sweep.target_accuracy, baseline_runs(sweep))
     write_comparison(sweep.folder, table, done, failed)
     return table
+
+
+def changed_settings(run_dir: Path, overrides: dict[str, Any], clients: int) -> list[str]:
+    """The settings of a finished run that differ from the sweep's now (sorted keys).
+
+    Every run-config key (run_config.json) and `num-supernodes` (summary.json); a folder whose
+    files cannot be read counts as changed.
+    """
+    wanted = parse(resolve(overrides)).to_flat() | {"num-supernodes": clients}
+    try:
+        stored = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        stored["num-supernodes"] = summary["bandwidth"]["clients"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["run_config.json or summary.json unreadable"]
+    # lists: faults.* id lists as written before they were kept in run-config form ("0,3")
+    stored = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in stored.items()}
+    return sorted(key for key, value in wanted.items() if stored.get(key) != value)
 
 
 def write_comparison(

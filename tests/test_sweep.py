@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from experiment.config import ConfigError
+from experiment.config import ConfigError, parse, resolve
 from experiment.recorder import BANDWIDTH_COLUMNS
 from flower_app import simulation
 from flower_app.sweep import (
@@ -159,12 +160,47 @@ def test_comparison_files_and_plots(tmp_path):
     assert to_markdown(table).count("\n") == 4  # header, rule, two rows
 
 
+def finish(folder, sweep, name: str, seed: int, **changes) -> None:
+    """The run_config.json and summary.json the sweep's job would have written (changed)."""
+    (overrides,) = [o for n, s, o in sweep.jobs() if (n, s) == (name, seed)]
+    flat = parse(resolve(overrides)).to_flat() | changes
+    (folder / "run_config.json").write_text(json.dumps(flat | {"run-dir": str(folder)}))
+    summary = {"bandwidth": {"clients": changes.get("num-supernodes", sweep.clients[name])}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"), [({"lr": 0.5}, "(lr)"), ({"num-supernodes": 3}, "(num-supernodes)")]
+)
+def test_a_finished_run_with_other_settings_runs_again(
+    tmp_path, monkeypatch, capsys, changes, message
+):
+    # Prepare: seed 1 of fedavg ran with another lr (or number of clients) than the file's now
+    sweep = load_sweep(write(tmp_path, SWEEP))
+    for name, seed in (("fedavg", 2), ("stc", 1), ("stc", 2)):
+        finish(make_run(sweep.folder / f"{name}-seed{seed}"), sweep, name, seed)
+    finish(make_run(sweep.folder / "fedavg-seed1"), sweep, "fedavg", 1, **changes)
+    calls = []
+
+    def fake_run(overrides, num_supernodes):
+        calls.append(overrides["run-name"])
+        return make_run(sweep.folder / overrides["run-name"])
+
+    monkeypatch.setattr(simulation, "run_experiment", fake_run)
+    # Execute
+    run_sweep(sweep)
+    # Assert: that run alone runs again, and the sweep says why
+    assert calls == ["fedavg-seed1"]
+    out = capsys.readouterr().out
+    assert f"fedavg-seed1 ran with other settings {message}: run again" in out
+    assert out.count("is already finished: reused") == 3
+
+
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
     # Prepare: the fedavg runs "train" (a hand-made folder), stc raises; fedavg seed 1 was
     # already finished by an earlier, stopped sweep
     sweep = load_sweep(write(tmp_path, SWEEP))
-    make_run(sweep.folder / "fedavg-seed1")
-    (sweep.folder / "fedavg-seed1" / "summary.json").write_text("{}")
+    finish(make_run(sweep.folder / "fedavg-seed1"), sweep, "fedavg", 1)
     make_run(sweep.folder / "fedavg-seed2")  # stopped before its summary: run again
     calls = []
 
