@@ -22,16 +22,25 @@ from netsim.rounds import POLICIES
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
-MODEL_PARAMETERS = {"cnn": 1_663_370, "logistic": 7_850, "pythia-14m": 14_067_712}  # tested
-IMAGE_DATASETS, TEXT_DATASETS = ("fashion-mnist", "mnist", "synthetic"), ("shakespeare",)
-TEXT_MODELS = ("pythia-14m",)
+MODEL_PARAMETERS = {  # tested
+    "cnn": 1_663_370,
+    "logistic": 7_850,
+    "vgg11": 9_750_922,
+    "resnet18": 11_173_962,
+    "pythia-14m": 14_067_712,
+}
+# what each model reads and each dataset holds: 28x28 grey images, 32x32 RGB images, text
+MODEL_INPUTS = {"cnn": "grey", "logistic": "grey", "vgg11": "rgb", "resnet18": "rgb"}
+MODEL_INPUTS["pythia-14m"] = "text"
+DATASET_INPUTS = {"fashion-mnist": "grey", "mnist": "grey", "synthetic": "grey"}
+DATASET_INPUTS |= {"cifar10": "rgb", "shakespeare": "text"}
 FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
 FAULT_KINDS = ("none", "fail", "hang", "nan", "huge", "garbage", "truncate", "examples")
 FAULT_KINDS += ("metrics", "dtype")
 
 Strategy = Literal["fedavg", "stc", "topk", "quant", "qsfl"]
-Model = Literal["cnn", "logistic", "pythia-14m"]
-DatasetName = Literal["fashion-mnist", "mnist", "synthetic", "shakespeare"]
+Model = Literal["cnn", "logistic", "vgg11", "resnet18", "pythia-14m"]
+DatasetName = Literal["fashion-mnist", "mnist", "synthetic", "cifar10", "shakespeare"]
 Channel = Literal["none", "random-walk", "rayleigh", "trace"]
 Policy = Literal[POLICIES]  # type: ignore[valid-type]
 FaultKind = Literal[FAULT_KINDS]  # type: ignore[valid-type]
@@ -271,19 +280,20 @@ class ExperimentConfig(_Frozen):
 
 
 def _model_and_data_problem(config: ExperimentConfig) -> str:
-    """A language model goes with text (split IID), an image model with images."""
-    if (config.model in TEXT_MODELS) != (config.dataset in TEXT_DATASETS):
-        wanted = TEXT_DATASETS if config.model in TEXT_MODELS else IMAGE_DATASETS
+    """A model goes with the data it reads (text split IID), a language model with text."""
+    inputs = MODEL_INPUTS[config.model]
+    if DATASET_INPUTS[config.dataset] != inputs:
+        wanted = [name for name, held in DATASET_INPUTS.items() if held == inputs]
         return (
             f"model='{config.model}' does not fit dataset='{config.dataset}'; allowed with "
             f"this model: dataset in {', '.join(wanted)}"
         )
-    if config.dataset in TEXT_DATASETS and config.partitioner != "iid":
+    if inputs == "text" and config.partitioner != "iid":
         return (
             f"partitioner='{config.partitioner}' needs class labels, which text has not; "
             f"allowed with dataset='{config.dataset}': iid"
         )
-    if config.model in TEXT_MODELS and importlib.util.find_spec("transformers") is None:
+    if inputs == "text" and importlib.util.find_spec("transformers") is None:
         return (
             f"model='{config.model}' needs transformers, which is not installed; run "
             "`make pythia` or `pip install -e '.[pythia]'`"
@@ -291,7 +301,7 @@ def _model_and_data_problem(config: ExperimentConfig) -> str:
     if config.data_dir and not Path(config.data_dir).is_dir():
         return (
             f"data-dir='{config.data_dir}' is not a folder; give the folder "
-            'that holds the IDX files, or "" for the default'
+            'that holds the dataset\'s files, or "" for the default'
         )
     return ""
 

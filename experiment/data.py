@@ -1,7 +1,8 @@
-"""Datasets as numpy arrays: IDX files (MNIST, Fashion-MNIST) and a seeded synthetic set.
+"""Datasets as numpy arrays: IDX files (MNIST, Fashion-MNIST), CIFAR-10, a synthetic set, text.
 
-No torchvision: the IDX format is read with numpy. Arrays are `uint8` images of shape
-(n, 28, 28) and `int64` labels; normalisation happens once per partition in `task.py`.
+No torchvision: the IDX format is read with numpy, CIFAR-10 in cifar.py, text in text.py.
+Arrays are `uint8` inputs and `int64` labels; normalisation happens once per partition in
+`task.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiment.cifar import cifar10_dataset
 from experiment.dataset import Dataset, DatasetCorruptError, DatasetMissingError
 from experiment.text import text_dataset
 
@@ -25,6 +27,10 @@ IDX_FILES = {
 IDX_DTYPES = {0x08: np.uint8}
 NUM_CLASSES = 10
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2000, 500
+NOT_SHIPPED = {  # what data-dir must hold for them
+    "mnist": "train-images-idx3-ubyte[.gz] and the three other IDX files",
+    "cifar10": "cifar-10-python.tar.gz or cifar-10-batches-py/",
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -67,10 +73,11 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
     Parameters
     ----------
     name : str
-        `fashion-mnist`, `mnist`, `synthetic` or `shakespeare` (byte windows, see text.py).
+        `fashion-mnist`, `mnist`, `synthetic`, `cifar10` (see cifar.py) or `shakespeare`
+        (byte windows, see text.py).
     data_dir : str
-        Folder of the IDX files (or texts); "" means the Debian package's folder for
-        Fashion-MNIST, `.cache/shakespeare` for Shakespeare.
+        Folder of the IDX files (or CIFAR-10's files, or texts); "" means the Debian
+        package's folder for Fashion-MNIST, `.cache/shakespeare` for Shakespeare.
     seed : int
         Only used by `synthetic`.
     """
@@ -78,11 +85,13 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
         return synthetic_dataset(seed)
     if name == "shakespeare":
         return text_dataset(data_dir)
-    if not data_dir and name == "mnist":
+    if not data_dir and name in NOT_SHIPPED:
         raise DatasetMissingError(
-            "dataset 'mnist' is not shipped on this machine; set data-dir to a folder holding "
-            "train-images-idx3-ubyte[.gz] and the three other IDX files"
+            f"dataset '{name}' is not shipped on this machine; set data-dir to a folder "
+            f"holding {NOT_SHIPPED[name]}"
         )
+    if name == "cifar10":
+        return cifar10_dataset(data_dir)
     folder = Path(data_dir) if data_dir else FASHION_MNIST_DIR
     arrays = {key: read_idx(_find_idx(folder, stem, name)) for key, stem in IDX_FILES.items()}
     dataset = Dataset(

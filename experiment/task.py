@@ -16,6 +16,7 @@ from experiment.data import load_dataset
 from experiment.partition import split_indices
 
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # per channel
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,20 @@ def compute_device(name: str) -> torch.device:
 
 
 def to_samples(inputs: np.ndarray, labels: np.ndarray) -> Samples:
-    """Scale uint8 images to [0, 1], standardise, add the channel axis.
+    """Scale uint8 images to [0, 1] and standardise them (per channel for RGB).
 
-    Text comes as (n, 65) byte windows: the tokens are the input, bytes 1..64 the labels.
+    Grey images (n, 28, 28) get a channel axis; RGB images come as (n, 3, 32, 32). Text comes
+    as (n, 65) byte windows: the tokens are the input, bytes 1..64 the labels.
     """
     if inputs.ndim == 2:
         tokens = torch.from_numpy(inputs.astype(np.int64))
         return Samples(tokens, tokens[:, 1:].contiguous())
     x = torch.from_numpy(inputs.astype(np.float32) / 255.0)
-    x = ((x - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
+    if x.ndim == 4:
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
+        x = (x - mean) / std
+    else:
+        x = ((x - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
     return Samples(x, torch.from_numpy(labels.astype(np.int64)))
 
 

@@ -6,8 +6,11 @@ Fixtures live in conftest.py; these are plain functions and classes, imported by
 from __future__ import annotations
 
 import csv
+import pickle
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +213,28 @@ def rounds_table(with_network: bool = True) -> pd.DataFrame:
     if not with_network:
         table["sim_time_s"] = ""
     return table[list(ROUND_COLUMNS)]
+
+
+# ---------------------------------------------------------------- a CIFAR-10 of our own
+def write_cifar10(folder: Path, per_batch: int = 10, archive: bool = True) -> Path:
+    """CIFAR-10's python files with `per_batch` images a batch (pixel = index + channel x 7).
+
+    As the dataset ships them: pickled dicts with b"data" (n x 3,072 uint8, channel-major)
+    and b"labels", in `cifar-10-batches-py/`, tarred and gzipped as cifar-10-python.tar.gz
+    (or left unpacked with `archive=False`).
+    """
+    batches = folder / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for offset, name in enumerate(names):
+        index = np.arange(offset * per_batch, (offset + 1) * per_batch)
+        channel = np.repeat(np.arange(3), 1024)
+        data = ((index[:, None] + 7 * channel[None, :]) % 256).astype(np.uint8)
+        labels = [int(i % 10) for i in index]
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data}
+        (batches / name).write_bytes(pickle.dumps(batch))
+    if archive:
+        with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(batches, arcname="cifar-10-batches-py")
+        shutil.rmtree(batches)
+    return folder

@@ -27,7 +27,7 @@ def test_pyproject_defaults_parse():
             "strategy='fedprox' is not known; allowed: fedavg, stc, topk, quant",
         ),
         ("model", "resnet", "model='resnet' is not known; allowed: cnn, logistic"),
-        ("dataset", "cifar10", "dataset='cifar10' is not known; allowed: fashion-mnist, mnist"),
+        ("dataset", "cifar100", "dataset='cifar100' is not known; allowed: fashion-mnist, mnist"),
         ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
         ("fraction-train", 0.0, "fraction-train=0.0 is out of range; allowed: (0, 1]"),
         ("fraction-train", 1.5, "fraction-train=1.5 is out of range; allowed: (0, 1]"),
@@ -139,7 +139,9 @@ def test_run_config_string_parses_toml_values():
 def test_command_line_typo_is_one_line_and_exit_2(capsys):
     code = simulation_main(["--run-config", "model='cnnx'"])
     assert code == 2
-    expected = "error: model='cnnx' is not known; allowed: cnn, logistic, pythia-14m\n"
+    expected = (
+        "error: model='cnnx' is not known; allowed: cnn, logistic, vgg11, resnet18, pythia-14m\n"
+    )
     assert capsys.readouterr().err == expected
 
 
@@ -179,13 +181,23 @@ def test_bad_network_settings_are_one_line(flat_config, overrides, message):
             "dataset in fashion-mnist, mnist, synthetic",
         ),
         (
+            {"model": "vgg11"},
+            "model='vgg11' does not fit dataset='synthetic'; allowed with this model: "
+            "dataset in cifar10",
+        ),
+        (
+            {"dataset": "cifar10"},
+            "model='logistic' does not fit dataset='cifar10'; allowed with this model: "
+            "dataset in fashion-mnist, mnist, synthetic",
+        ),
+        (
             {"model": "pythia-14m", "dataset": "shakespeare", "partitioner": "dirichlet"},
             "partitioner='dirichlet' needs class labels, which text has not; allowed with "
             "dataset='shakespeare': iid",
         ),
     ],
 )
-def test_a_language_model_goes_with_text(flat_config, overrides, message):
+def test_a_model_goes_with_the_data_it_reads(flat_config, overrides, message):
     flat_config.update(overrides)
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse(flat_config)

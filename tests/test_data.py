@@ -12,6 +12,7 @@ from experiment.data import FASHION_MNIST_DIR, load_dataset, read_idx, synthetic
 from experiment.dataset import DatasetCorruptError, DatasetMissingError
 from experiment.text import text_dataset
 from flower_app.launch import main as launch_main
+from tests.support import write_cifar10
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -126,3 +127,35 @@ def test_synthetic_is_seeded():
     assert not np.array_equal(first.train_inputs, other.train_inputs)
     assert first.train_inputs.shape == (2000, 28, 28)
     assert np.bincount(first.train_labels).tolist() == [200] * 10
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_cifar10_reads_its_official_python_files(tmp_path, archive):
+    # Prepare: 10 images per batch; pixel values = image index + 7 x channel
+    write_cifar10(tmp_path, per_batch=10, archive=archive)
+    # Execute
+    data = load_dataset("cifar10", str(tmp_path))
+    # Assert: 5 x 10 training images and 10 test images, channels first; the test batch
+    # holds images 50..59; rows are channel-major (channel 1 starts at column 1,024)
+    assert data.train_inputs.shape == (50, 3, 32, 32) and data.test_inputs.shape == (10, 3, 32, 32)
+    assert data.train_inputs.dtype == np.uint8 and data.train_labels.dtype == np.int64
+    assert data.train_labels.tolist() == [i % 10 for i in range(50)]
+    assert data.test_inputs[0, :, 0, 0].tolist() == [50, 57, 64]
+    assert (data.test_inputs[3, 2] == 53 + 14).all()
+
+
+def test_a_cifar10_pickle_that_would_run_code_is_refused(tmp_path):
+    # Prepare: a "batch" whose unpickling calls os.system
+    write_cifar10(tmp_path, archive=False)
+    evil = b"cos\nsystem\n(S'echo pwned'\ntR."
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(evil)
+    # Execute / Assert
+    with pytest.raises(DatasetCorruptError, match="os.system is not allowed in a CIFAR batch"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_cifar10_without_its_files_says_what_to_give(tmp_path):
+    with pytest.raises(DatasetMissingError, match="cifar-10-python.tar.gz or cifar-10-batches"):
+        load_dataset("cifar10", "")
+    with pytest.raises(DatasetMissingError, match="neither cifar-10-python.tar.gz nor"):
+        load_dataset("cifar10", str(tmp_path))

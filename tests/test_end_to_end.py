@@ -17,7 +17,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.support import REPO, leftover_processes, module_command, run_folder, run_module
+from experiment.models import build_model
+from tests.support import (
+    REPO,
+    leftover_processes,
+    module_command,
+    run_folder,
+    run_module,
+    write_cifar10,
+)
 
 MODEL_BYTES = 7850 * 4
 DOWN_WIRE = MODEL_BYTES + 280 + 20
@@ -295,3 +303,33 @@ def test_a_hung_client_times_out_and_the_rounds_go_on(tmp_path, fault_free):
     assert rounds["delivered"].tolist() == [0, 4, 5, 5]
     assert 4.0 <= rounds["wall_s"].iloc[1] < 6.0
     assert within_one_point(rounds["test_accuracy"].iloc[-1], fault_free(""))
+
+
+@pytest.mark.parametrize(
+    ("model", "arrays", "parameters"), [("vgg11", 22, 9_750_922), ("resnet18", 62, 11_173_962)]
+)
+def test_a_cifar10_model_trains_a_round_with_exact_bytes(tmp_path, model, arrays, parameters):
+    # Prepare: CIFAR-10's file format with 10 images a batch (50 to train, 10 to test)
+    write_cifar10(tmp_path / "cifar", per_batch=10)
+    settings = (
+        f"dataset='cifar10' data-dir='{tmp_path / 'cifar'}' model='{model}' partitioner='iid' "
+        "num-server-rounds=1 fraction-train=1.0 fraction-evaluate=0.0 batch-size=10 seed=7 "
+        f"output-dir='{tmp_path}' run-name='run'"
+    )
+    # Execute: 2 clients, one round
+    run_dir = run_folder(
+        run_module("flower_app.simulation", "--num-supernodes", "2", "--run-config", settings)
+    )
+    # Assert: each message is the model's float32 parameters (there is no buffer), one
+    # 128-byte .npy header per array and the array names; the request adds
+    # {"server-round": int} (20 B), the reply its two metrics (38 B) and the size mod's (64 B)
+    messages = pd.read_csv(run_dir / "bandwidth.csv").query("phase == 'train'")
+    assert len(messages) == 4 and set(messages["status"]) == {"delivered"}
+    assert (messages["payload_bits"] == 32 * parameters).all()
+    assert (messages["dense_bytes"] == 4 * parameters).all()
+    names = sum(len(name) for name in build_model(model, 0).state_dict())
+    framing = 4 * parameters + 128 * arrays + names
+    down, up = (messages[messages["direction"] == d]["content_bytes"] for d in ("down", "up"))
+    assert set(down) == {framing + 20} and set(up) == {framing + 38 + SIZE_ENTRIES}
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    assert rounds["delivered"].tolist() == [0, 2] and pd.notna(rounds["test_loss"]).all()

@@ -33,6 +33,34 @@ def test_parameter_counts():
     assert MODEL_PARAMETERS["cnn"] == 1_663_370 and MODEL_PARAMETERS["logistic"] == 7850
 
 
+def test_cifar10_models_count_by_hand_and_hold_float32_parameters_only():
+    # VGG-11: convs 3->64 1,792; 64->128 73,856; 128->256 295,168; 256->256 590,080;
+    # 256->512 1,180,160; three 512->512 of 2,359,808; fc 512->512 twice 262,656; fc 5,130
+    vgg = build_model("vgg11", 0)
+    assert count(vgg) == MODEL_PARAMETERS["vgg11"] == 9_750_922
+    # ResNet-18 (group norm, 2C weights a layer): stem 1,728 + 128; stage 64: 147,968;
+    # stage 128: 230,144 + 295,424; stage 256: 919,040 + 1,180,672; stage 512:
+    # 3,673,088 + 4,720,640 (each first block with its 1x1 projection); fc 5,130
+    resnet = build_model("resnet18", 0)
+    assert count(resnet) == MODEL_PARAMETERS["resnet18"] == 11_173_962
+    for model in (vgg, resnet):
+        # no buffers (no batch norm statistics): the state that travels is the parameters
+        assert list(model.buffers()) == []
+        assert {value.dtype for value in model.state_dict().values()} == {torch.float32}
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_rgb_images_are_standardised_per_channel():
+    # one pixel per channel: 0, 255, 51 -> (0 - 0.4914) / 0.2470, (1 - 0.4822) / 0.2435,
+    # (0.2 - 0.4465) / 0.2616
+    images = np.zeros((1, 3, 32, 32), np.uint8)
+    images[0, 1], images[0, 2] = 255, 51
+    samples = to_samples(images, np.array([3]))
+    assert samples.inputs.shape == (1, 3, 32, 32)
+    corner = samples.inputs[0, :, 0, 0].tolist()
+    assert corner == pytest.approx([-1.98947, 2.12649, -0.94228], abs=1e-5)
+
+
 def test_pythia_14m_shape_and_bytes():
     pytest.importorskip("transformers")  # the optional extra: make pythia
     model = build_model("pythia-14m", 0)
