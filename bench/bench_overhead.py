@@ -33,7 +33,7 @@ from strategies.selection import TRAIN_STREAM, select_partitions  # noqa: E402
 def bare_loop(overrides: dict, clients: int) -> list[float]:
     """FedAvg in one process; returns the wall time of each round."""
     config = parse(resolve(overrides))
-    test = test_data(config.dataset, config.data_dir, config.seed)
+    test = test_data(config)
     model = build_model(config.model, config.seed)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     times = []

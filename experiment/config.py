@@ -40,7 +40,7 @@ FAULT_KINDS += ("metrics", "dtype")
 
 Strategy = Literal["fedavg", "stc", "topk", "quant", "qsfl"]
 Model = Literal["cnn", "logistic", "vgg11", "resnet18", "pythia-14m"]
-DatasetName = Literal["fashion-mnist", "mnist", "synthetic", "cifar10", "shakespeare"]
+HUB_PREFIX = "hub:"  # dataset = "hub:<id or folder>": any image dataset of the Hub
 Channel = Literal["none", "random-walk", "rayleigh", "trace"]
 Policy = Literal[POLICIES]  # type: ignore[valid-type]
 FaultKind = Literal[FAULT_KINDS]  # type: ignore[valid-type]
@@ -181,6 +181,13 @@ class FaultConfig(_Frozen):
         return values
 
 
+class HubConfig(_Frozen):
+    """`hub.*`: the columns of a `hub:` dataset that hold the images and the labels."""
+
+    image_column: str
+    label_column: str
+
+
 class NetConfig(_Frozen):
     """`net.*`: the simulated network (any strategy); channel "none" is an ideal network."""
 
@@ -237,7 +244,7 @@ class ExperimentConfig(_Frozen):
 
     strategy: Strategy
     model: Model
-    dataset: DatasetName
+    dataset: str  # a name of DATASET_INPUTS, or hub:<id or folder>
     data_dir: str
     partitioner: Literal["iid", "dirichlet", "classes"]
     dirichlet_alpha: Positive
@@ -263,6 +270,15 @@ class ExperimentConfig(_Frozen):
     qsfl: QsflConfig
     net: NetConfig
     faults: FaultConfig
+    hub: HubConfig
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASET_INPUTS and not (name.startswith(HUB_PREFIX) and name[4:]):
+            allowed = ", ".join([*DATASET_INPUTS, f"{HUB_PREFIX}<id or folder>"])
+            raise ValueError(f"dataset='{name}' is not known; allowed: {allowed}")
+        return name
 
     @model_validator(mode="after")
     def _settings_fit_together(self) -> ExperimentConfig:
@@ -282,7 +298,7 @@ class ExperimentConfig(_Frozen):
 def _model_and_data_problem(config: ExperimentConfig) -> str:
     """A model goes with the data it reads (text split IID), a language model with text."""
     inputs = MODEL_INPUTS[config.model]
-    if DATASET_INPUTS[config.dataset] != inputs:
+    if DATASET_INPUTS.get(config.dataset, inputs) != inputs:  # a hub: dataset: checked loaded
         wanted = [name for name, held in DATASET_INPUTS.items() if held == inputs]
         return (
             f"model='{config.model}' does not fit dataset='{config.dataset}'; allowed with "

@@ -15,6 +15,7 @@ import numpy as np
 
 from experiment.cifar import cifar10_dataset
 from experiment.dataset import Dataset, DatasetCorruptError, DatasetMissingError
+from experiment.hub import PREFIX, hub_dataset
 from experiment.text import text_dataset
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -67,7 +68,13 @@ def _find_idx(folder: Path, stem: str, dataset: str) -> Path:
 
 
 @lru_cache(maxsize=4)
-def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
+def load_dataset(
+    name: str,
+    data_dir: str = "",
+    seed: int = 0,
+    image_column: str = "image",
+    label_column: str = "label",
+) -> Dataset:
     """Load a dataset once per process (cached).
 
     Parameters
@@ -80,7 +87,11 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
         package's folder for Fashion-MNIST, `.cache/shakespeare` for Shakespeare.
     seed : int
         Only used by `synthetic`.
+    image_column, label_column : str
+        Only used by `hub:<id or folder>` (see hub.py).
     """
+    if name.startswith(PREFIX):
+        return hub_dataset(name, image_column, label_column)
     if name == "synthetic":
         return synthetic_dataset(seed)
     if name == "shakespeare":

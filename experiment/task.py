@@ -13,6 +13,7 @@ from torch import nn
 
 from experiment.config import ConfigError, ExperimentConfig
 from experiment.data import load_dataset
+from experiment.dataset import Dataset
 from experiment.partition import split_indices
 
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
@@ -70,10 +71,18 @@ def to_samples(inputs: np.ndarray, labels: np.ndarray) -> Samples:
     return Samples(x, torch.from_numpy(labels.astype(np.int64)))
 
 
+def dataset_of(config: ExperimentConfig) -> Dataset:
+    """The config's dataset as numpy arrays (loaded once per process)."""
+    hub = config.hub
+    return load_dataset(
+        config.dataset, config.data_dir, config.seed, hub.image_column, hub.label_column
+    )
+
+
 @lru_cache(maxsize=4)
 def partition_indices(config: ExperimentConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
     """All clients' sample indices, computed once per process and config."""
-    labels = load_dataset(config.dataset, config.data_dir, config.seed).train_labels
+    labels = dataset_of(config).train_labels
     return tuple(
         split_indices(
             labels,
@@ -90,15 +99,15 @@ def partition_indices(config: ExperimentConfig, num_partitions: int) -> tuple[np
 @lru_cache(maxsize=1024)
 def client_data(config: ExperimentConfig, partition_id: int, num_partitions: int) -> Samples:
     """A client's training tensors, built once per process and partition."""
-    data = load_dataset(config.dataset, config.data_dir, config.seed)
+    data = dataset_of(config)
     indices = partition_indices(config, num_partitions)[partition_id]
     return to_samples(data.train_inputs[indices], data.train_labels[indices])
 
 
 @lru_cache(maxsize=2)
-def test_data(dataset: str, data_dir: str, seed: int) -> Samples:
+def test_data(config: ExperimentConfig) -> Samples:
     """The test set as tensors, built once per process."""
-    data = load_dataset(dataset, data_dir, seed)
+    data = dataset_of(config)
     return to_samples(data.test_inputs, data.test_labels)
 
 

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from experiment.config import (
+    MODEL_INPUTS,
     ConfigError,
     ExperimentConfig,
     check_selection,
     default_run_name,
     parse,
 )
-from experiment.data import load_dataset
-from experiment.task import partition_indices
+from experiment.dataset import Dataset
+from experiment.hub import SHAPES as IMAGE_SHAPES
+from experiment.task import dataset_of, partition_indices
 from strategies.network import check_network
 
 
@@ -28,13 +30,25 @@ def preflight(flat: dict[str, Any], num_supernodes: int) -> tuple[ExperimentConf
     if num_supernodes < 1:
         raise ConfigError(f"num-supernodes={num_supernodes} is out of range; allowed: >= 1")
     config = parse(flat)
-    load_dataset(config.dataset, config.data_dir, config.seed)  # missing data fails here
+    check_model_reads(config, dataset_of(config))  # missing data fails here
     check_selection(config, num_supernodes)
     check_partitions(config, num_supernodes)
     check_network(config.net, config.seed, num_supernodes)
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
     check_run_dir(run_dir)
     return config, run_dir
+
+
+def check_model_reads(config: ExperimentConfig, dataset: Dataset) -> None:
+    """The model must read what the dataset holds (for a `hub:` dataset known once loaded)."""
+    held = IMAGE_SHAPES.get(dataset.train_inputs.shape[1:], "text")
+    if MODEL_INPUTS[config.model] != held:
+        wanted = [name for name, inputs in MODEL_INPUTS.items() if inputs == held]
+        raise ConfigError(
+            f"model='{config.model}' does not read the {held} inputs of dataset="
+            f"'{config.dataset}' (shape {dataset.train_inputs.shape[1:]}); allowed with this "
+            f"dataset: model in {', '.join(wanted)}"
+        )
 
 
 def check_partitions(config: ExperimentConfig, num_partitions: int) -> None:

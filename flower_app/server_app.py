@@ -44,7 +44,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     """Run one experiment over `grid` and return its run folder."""
     config = parse(flat_config)
     device = compute_device(config.device)
-    test = test_data(config.dataset, config.data_dir, config.seed).to(device)  # fails if missing
+    test = test_data(config).to(device)  # fails if missing
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
     recorder = Recorder(run_dir)
     recorder.write_config(config.to_flat() | {"run-dir": str(run_dir)})

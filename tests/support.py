@@ -238,3 +238,27 @@ def write_cifar10(folder: Path, per_batch: int = 10, archive: bool = True) -> Pa
             tar.add(batches, arcname="cifar-10-batches-py")
         shutil.rmtree(batches)
     return folder
+
+
+# ---------------------------------------------------------------- a Hub dataset of our own
+def write_hub_dataset(folder: Path, form: str, rgb: bool = False, image: str = "image") -> Path:
+    """A small image dataset as the Hub stores it (`form="parquet"`: data/<split>-*.parquet)
+    or as `save_to_disk` writes it (`form="disk"`): 20 train and 5 test images whose pixels
+    all equal their index, labels index % 10."""
+    import datasets
+    from PIL import Image
+
+    shape = (32, 32, 3) if rgb else (28, 28)
+    features = datasets.Features({image: datasets.Image(), "label": datasets.ClassLabel(10)})
+    splits = {}
+    for split, indices in (("train", range(20)), ("test", range(20, 25))):
+        pictures = [Image.fromarray(np.full(shape, i, np.uint8)) for i in indices]
+        table = {image: pictures, "label": [i % 10 for i in indices]}
+        splits[split] = datasets.Dataset.from_dict(table, features=features)
+    if form == "disk":
+        datasets.DatasetDict(splits).save_to_disk(str(folder))
+    else:
+        (folder / "data").mkdir(parents=True)
+        for split, data in splits.items():
+            data.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder

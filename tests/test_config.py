@@ -28,6 +28,7 @@ def test_pyproject_defaults_parse():
         ),
         ("model", "resnet", "model='resnet' is not known; allowed: cnn, logistic"),
         ("dataset", "cifar100", "dataset='cifar100' is not known; allowed: fashion-mnist, mnist"),
+        ("dataset", "hub:", "dataset='hub:' is not known; allowed: fashion-mnist, mnist, synthetic"),
         ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
         ("fraction-train", 0.0, "fraction-train=0.0 is out of range; allowed: (0, 1]"),
         ("fraction-train", 1.5, "fraction-train=1.5 is out of range; allowed: (0, 1]"),

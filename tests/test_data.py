@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 
+import datasets
 import numpy as np
 import pytest
 
@@ -12,7 +13,7 @@ from experiment.data import FASHION_MNIST_DIR, load_dataset, read_idx, synthetic
 from experiment.dataset import DatasetCorruptError, DatasetMissingError
 from experiment.text import text_dataset
 from flower_app.launch import main as launch_main
-from tests.support import write_cifar10
+from tests.support import write_cifar10, write_hub_dataset
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -159,3 +160,35 @@ def test_cifar10_without_its_files_says_what_to_give(tmp_path):
         load_dataset("cifar10", "")
     with pytest.raises(DatasetMissingError, match="neither cifar-10-python.tar.gz nor"):
         load_dataset("cifar10", str(tmp_path))
+
+
+@pytest.mark.parametrize("form", ["parquet", "disk"])
+def test_a_local_copy_of_a_hub_dataset_loads_as_a_hub_id_would(tmp_path, form):
+    # Prepare: Parquet files as the Hub stores them (read through flwr-datasets'
+    # FederatedDataset, the path of a Hub id), or a save_to_disk folder
+    write_hub_dataset(tmp_path / "copy", form)
+    # Execute
+    data = load_dataset(f"hub:{tmp_path / 'copy'}")
+    # Assert: 20 train and 5 test images, every pixel its index, labels index % 10
+    assert data.train_inputs.shape == (20, 28, 28) and data.train_inputs.dtype == np.uint8
+    assert data.train_inputs[:, 0, 0].tolist() == list(range(20))
+    assert data.train_labels.tolist() == [i % 10 for i in range(20)]
+    assert data.test_inputs[:, 5, 5].tolist() == list(range(20, 25))
+
+
+def test_hub_rgb_images_come_channels_first_and_columns_are_named_by_config(tmp_path):
+    write_hub_dataset(tmp_path / "copy", "parquet", rgb=True, image="img")
+    with pytest.raises(DatasetCorruptError, match="has no column 'image' .*; set hub.image-column"):
+        load_dataset(f"hub:{tmp_path / 'copy'}")
+    data = load_dataset(f"hub:{tmp_path / 'copy'}", image_column="img")
+    assert data.train_inputs.shape == (20, 3, 32, 32)
+    assert data.train_inputs[7, :, 3, 4].tolist() == [7, 7, 7]
+
+
+def test_an_unreachable_hub_id_is_one_line(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as on a machine offline
+    with pytest.raises(DatasetMissingError) as error:
+        load_dataset("hub:nobody/no-such-dataset")
+    message = str(error.value)
+    assert message.startswith("dataset 'hub:nobody/no-such-dataset' is neither reachable")
+    assert "\n" not in message

@@ -7,12 +7,24 @@ import pytest
 from experiment.config import ConfigError
 from flower_app.launch import main as launch_main
 from flower_app.preflight import preflight
+from tests.support import write_hub_dataset
 
 
 def test_a_valid_run_gets_its_run_folder(flat_config, tmp_path):
     config, run_dir = preflight(flat_config, num_supernodes=10)
     assert run_dir == tmp_path / "outputs" / "test-run"
     assert config.model == "logistic"
+
+
+def test_a_hub_dataset_must_hold_what_the_model_reads(flat_config, tmp_path):
+    # Prepare: 32x32 RGB images on the Hub's layout; the logistic model reads 28x28 grey
+    write_hub_dataset(tmp_path / "copy", "parquet", rgb=True)
+    flat_config |= {"dataset": f"hub:{tmp_path / 'copy'}", "partitioner": "iid"}
+    # Execute / Assert: caught before anything starts; with a model for RGB it goes through
+    with pytest.raises(ConfigError, match="model='logistic' does not read the rgb inputs"):
+        preflight(flat_config, num_supernodes=4)
+    config, _ = preflight(flat_config | {"model": "vgg11"}, num_supernodes=4)
+    assert config.dataset.startswith("hub:")
 
 
 def test_a_fraction_that_selects_no_client(flat_config):

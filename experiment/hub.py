@@ -1,0 +1,85 @@
+"""Any image dataset of the Hugging Face Hub, through flwr-datasets, or a local copy of one.
+
+`dataset = "hub:<id>"` loads the `train` and `test` splits with flwr-datasets'
+`FederatedDataset` (which calls `datasets.load_dataset`): a Hub id when the machine is online,
+or the path of a local copy: a folder of Parquet files as the Hub stores them (the same code
+path), or a folder written by `DatasetDict.save_to_disk`. The columns `hub.image-column` and
+`hub.label-column` become uint8 images (28x28 grey, or 32x32 RGB, channels first) and int64
+labels; this project's partitioners then split the training set as for any other dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+from flwr_datasets import FederatedDataset
+
+from experiment.dataset import Dataset, DatasetCorruptError, DatasetMissingError
+
+PREFIX = "hub:"
+CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "hf-datasets"
+SHAPES = {(28, 28): "grey", (3, 32, 32): "rgb"}  # what the models here read
+
+
+def hub_dataset(name: str, image_column: str, label_column: str) -> Dataset:
+    """The train and test splits of `hub:<id or folder>` as numpy arrays."""
+    source = name.removeprefix(PREFIX)
+    splits = {split: _load_split(source, split) for split in ("train", "test")}
+    arrays = {
+        split: _arrays(data, name, image_column, label_column) for split, data in splits.items()
+    }
+    return Dataset(
+        train_inputs=arrays["train"][0],
+        train_labels=arrays["train"][1],
+        test_inputs=arrays["test"][0],
+        test_labels=arrays["test"][1],
+    )
+
+
+def _load_split(source: str, split: str) -> datasets.Dataset:
+    """One split, from a `save_to_disk` folder or through FederatedDataset (id or Parquet)."""
+    folder = Path(source)
+    try:
+        if (folder / "dataset_dict.json").is_file():
+            return datasets.load_from_disk(str(folder))[split]
+        federated = FederatedDataset(
+            dataset=str(folder.resolve()) if folder.is_dir() else source,
+            partitioners={"train": 1},
+            shuffle=False,
+            cache_dir=str(CACHE_DIR),
+        )
+        return federated.load_split(split)
+    except KeyError:
+        raise DatasetCorruptError(
+            f"dataset '{PREFIX}{source}' has no '{split}' split; it needs 'train' and 'test'"
+        ) from None
+    except (ConnectionError, OSError, ValueError) as error:  # offline, no such id or folder
+        raise DatasetMissingError(
+            f"dataset '{PREFIX}{source}' is neither reachable on the Hub nor a local copy "
+            f"(a folder of Parquet files or of save_to_disk): {str(error).splitlines()[0]}"
+        ) from None
+
+
+def _arrays(
+    data: datasets.Dataset, name: str, image_column: str, label_column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, int64 labels) of a split, images channels first."""
+    for column, key in ((image_column, "hub.image-column"), (label_column, "hub.label-column")):
+        if column not in data.column_names:
+            present = ", ".join(data.column_names)
+            raise DatasetCorruptError(
+                f"dataset '{name}' has no column '{column}' (it has {present}); set {key}"
+            )
+    columns = data.select_columns([image_column, label_column]).with_format("numpy")[:]
+    images, labels = np.asarray(columns[image_column]), np.asarray(columns[label_column])
+    if images.ndim == 4 and images.shape[-1] in (1, 3):  # (n, H, W, C) as images decode
+        images = images.transpose(0, 3, 1, 2)
+        images = images[:, 0] if images.shape[1] == 1 else images
+    if images.dtype != np.uint8 or images.shape[1:] not in SHAPES:
+        raise DatasetCorruptError(
+            f"dataset '{name}': images of shape {images.shape[1:]} and dtype {images.dtype}; "
+            "allowed: uint8 28x28 grey or 32x32 RGB"
+        )
+    return images, labels.astype(np.int64)
