@@ -27,19 +27,21 @@ MODEL_PARAMETERS = {  # tested
     "logistic": 7_850,
     "vgg11": 9_750_922,
     "resnet18": 11_173_962,
+    "lstm": 866_560,
     "pythia-14m": 14_067_712,
 }
 # what each model reads and each dataset holds: 28x28 grey images, 32x32 RGB images, text
 MODEL_INPUTS = {"cnn": "grey", "logistic": "grey", "vgg11": "rgb", "resnet18": "rgb"}
-MODEL_INPUTS["pythia-14m"] = "text"
+MODEL_INPUTS |= {"lstm": "text", "pythia-14m": "text"}
 DATASET_INPUTS = {"fashion-mnist": "grey", "mnist": "grey", "synthetic": "grey"}
-DATASET_INPUTS |= {"cifar10": "rgb", "shakespeare": "text"}
+DATASET_INPUTS |= {"cifar10": "rgb", "shakespeare": "text", "shakespeare-roles": "text"}
+NATURAL_DATASETS = ("shakespeare-roles",)  # split by their own clients (partitioner "natural")
 FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
 FAULT_KINDS = ("none", "fail", "hang", "nan", "huge", "garbage", "truncate", "examples")
 FAULT_KINDS += ("metrics", "dtype")
 
 Strategy = Literal["fedavg", "stc", "topk", "quant", "qsfl"]
-Model = Literal["cnn", "logistic", "vgg11", "resnet18", "pythia-14m"]
+Model = Literal["cnn", "logistic", "vgg11", "resnet18", "lstm", "pythia-14m"]
 HUB_PREFIX = "hub:"  # dataset = "hub:<id or folder>": any image dataset of the Hub
 Channel = Literal["none", "random-walk", "rayleigh", "trace"]
 Policy = Literal[POLICIES]  # type: ignore[valid-type]
@@ -246,7 +248,7 @@ class ExperimentConfig(_Frozen):
     model: Model
     dataset: str  # a name of DATASET_INPUTS, or hub:<id or folder>
     data_dir: str
-    partitioner: Literal["iid", "dirichlet", "classes"]
+    partitioner: Literal["iid", "dirichlet", "classes", "natural"]
     dirichlet_alpha: Positive
     classes_per_client: Count
     balancedness: Fraction
@@ -304,12 +306,18 @@ def _model_and_data_problem(config: ExperimentConfig) -> str:
             f"model='{config.model}' does not fit dataset='{config.dataset}'; allowed with "
             f"this model: dataset in {', '.join(wanted)}"
         )
-    if inputs == "text" and config.partitioner != "iid":
+    natural = "natural" if config.dataset in NATURAL_DATASETS else "iid"
+    if inputs == "text" and config.partitioner != natural:
         return (
-            f"partitioner='{config.partitioner}' needs class labels, which text has not; "
-            f"allowed with dataset='{config.dataset}': iid"
+            f"partitioner='{config.partitioner}' does not split dataset='{config.dataset}'; "
+            f"allowed with it: {natural}"
         )
-    if inputs == "text" and importlib.util.find_spec("transformers") is None:
+    if config.partitioner == "natural" and config.dataset not in NATURAL_DATASETS:
+        return (
+            f"partitioner='natural' needs a dataset of natural clients; allowed: dataset in "
+            f"{', '.join(NATURAL_DATASETS)}"
+        )
+    if config.model == "pythia-14m" and importlib.util.find_spec("transformers") is None:
         return (
             f"model='{config.model}' needs transformers, which is not installed; run "
             "`make pythia` or `pip install -e '.[pythia]'`"

@@ -16,7 +16,7 @@ import numpy as np
 from experiment.cifar import cifar10_dataset
 from experiment.dataset import Dataset, DatasetCorruptError, DatasetMissingError
 from experiment.hub import PREFIX, hub_dataset
-from experiment.text import text_dataset
+from experiment.text import role_dataset, text_dataset
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -80,8 +80,8 @@ def load_dataset(
     Parameters
     ----------
     name : str
-        `fashion-mnist`, `mnist`, `synthetic`, `cifar10` (see cifar.py) or `shakespeare`
-        (byte windows, see text.py).
+        `fashion-mnist`, `mnist`, `synthetic`, `cifar10` (see cifar.py), `shakespeare` or
+        `shakespeare-roles` (byte windows, see text.py), or `hub:<id or folder>` (hub.py).
     data_dir : str
         Folder of the IDX files (or CIFAR-10's files, or texts); "" means the Debian
         package's folder for Fashion-MNIST, `.cache/shakespeare` for Shakespeare.
@@ -96,6 +96,8 @@ def load_dataset(
         return synthetic_dataset(seed)
     if name == "shakespeare":
         return text_dataset(data_dir)
+    if name == "shakespeare-roles":
+        return role_dataset(data_dir)
     if not data_dir and name in NOT_SHIPPED:
         raise DatasetMissingError(
             f"dataset '{name}' is not shipped on this machine; set data-dir to a folder "

@@ -1,5 +1,5 @@
 """The models: `logistic` (the STC reference's linear model), `cnn` (the FedAvg paper's CNN),
-`vgg11` and `resnet18` for CIFAR-10, `pythia-14m` for text.
+`vgg11` and `resnet18` for CIFAR-10, `lstm` and `pythia-14m` for text.
 
 Every model's state is float32 parameters alone (no buffers): what travels is what trains,
 and nothing (such as batch norm's running statistics) averages badly across clients.
@@ -139,6 +139,24 @@ class ResNet18(nn.Module):
         return self.classifier(self.features(x))
 
 
+class CharLSTM(nn.Module):
+    """LEAF's Shakespeare model on bytes: embedding 8, two LSTM layers of 256, fc 256.
+
+    Input: (batch, 65) byte windows; output: (batch, 256, 64) logits for bytes 1..64 (the
+    layout `CausalLM` uses): 2,048 + 272,384 + 526,336 + 65,792 = 866,560 parameters.
+    """
+
+    def __init__(self, vocabulary: int = 256) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, 8)
+        self.lstm = nn.LSTM(8, 256, num_layers=2, batch_first=True)
+        self.head = nn.Linear(256, vocabulary)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.lstm(self.embedding(tokens[:, :-1]))
+        return self.head(hidden).transpose(1, 2)
+
+
 class CausalLM(nn.Module):
     """A Pythia-14m-shaped GPT-NeoX (random init) whose logits suit `nn.CrossEntropyLoss`.
 
@@ -173,6 +191,7 @@ MODEL_BUILDERS = {
     "cnn": CNN,
     "vgg11": VGG11,
     "resnet18": ResNet18,
+    "lstm": CharLSTM,
     "pythia-14m": CausalLM,
 }
 

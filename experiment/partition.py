@@ -96,10 +96,16 @@ def split_indices(
     labels : np.ndarray
         Label of every training sample.
     partitioner : str
-        `iid`, `dirichlet` or `classes`.
+        `iid`, `dirichlet`, `classes`, or `natural`: the labels are the clients' ids
+        (partition i is every sample labelled i; text.py's speaking roles).
     """
     if num_partitions > len(labels):
         raise ValueError(f"cannot split {len(labels)} samples among {num_partitions} clients")
+    if partitioner == "natural":
+        groups = int(labels.max()) + 1
+        if num_partitions > groups:
+            raise ValueError(f"cannot split {groups} natural clients among {num_partitions}")
+        return [np.flatnonzero(labels == group) for group in range(num_partitions)]
     table = datasets.Dataset.from_dict(
         {"index": np.arange(len(labels)), "label": labels.astype(np.int64)}
     )

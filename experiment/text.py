@@ -4,10 +4,19 @@
 (the package itself is Python 2 and is never installed). The text is cut into windows of 65
 bytes: a causal language model predicts bytes 1..64 of each from the ones before. Bytes are
 the tokens (ids 0..255 of Pythia's 50,304), so no tokenizer has to be downloaded.
+
+`shakespeare` joins every text and splits the windows IID. `shakespeare-roles` is LEAF's
+natural split: one client per speaking role of a play (the modern texts' layout: a line with
+the speaker's name and a full stop, then the speech, up to a blank line; stage directions in
+brackets dropped). Each role's speeches are joined and cut into windows; a role needs
+`MIN_ROLE_WINDOWS`; the last tenth of its windows (at least one) is held out for the test set.
+A window's label is its role's index, which the `natural` partitioner groups by.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +26,9 @@ from experiment.dataset import Dataset, DatasetMissingError
 SHAKESPEARE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "shakespeare"
 WINDOW = 65  # 64 next-byte predictions per window
 TEST_WINDOWS = 16  # the central test set: the text's last 16 windows
+MIN_ROLE_WINDOWS = 10  # a role with fewer windows (650 bytes) is no client
+SPEAKER = re.compile(r"^[A-Z][A-Za-z' -]{0,40}\.$")  # "Ham.", "First Lord."
+STAGE_DIRECTION = re.compile(r"\[[^\]]*\]")
 
 
 def text_dataset(data_dir: str = "") -> Dataset:
@@ -41,3 +53,53 @@ def text_dataset(data_dir: str = "") -> Dataset:
     windows = tokens[: count * WINDOW].reshape(count, WINDOW).copy()
     train, test = windows[:-TEST_WINDOWS], windows[-TEST_WINDOWS:]
     return Dataset(train, np.zeros(len(train), np.int64), test, np.zeros(len(test), np.int64))
+
+
+def role_dataset(data_dir: str = "") -> Dataset:
+    """LEAF's split: windows of each (play, role)'s speeches, labelled by the role's index.
+
+    Roles are ordered by file name, then by first appearance in the play.
+    """
+    folder = Path(data_dir) if data_dir else SHAKESPEARE_DIR
+    roles = [
+        speeches
+        for path in sorted(folder.glob("*.txt"))
+        for speeches in play_roles(path.read_text(encoding="latin-1")).values()
+    ]
+    train, test = [], []
+    for speeches in roles:
+        tokens = np.frombuffer("\n".join(speeches).encode("latin-1"), dtype=np.uint8)
+        count = len(tokens) // WINDOW
+        if count < MIN_ROLE_WINDOWS:
+            continue
+        windows = tokens[: count * WINDOW].reshape(count, WINDOW)
+        held_out = math.ceil(count / 10)
+        train.append(windows[:-held_out])
+        test.append(windows[-held_out:])
+    if not train:
+        raise DatasetMissingError(
+            f"dataset 'shakespeare-roles': no role with {MIN_ROLE_WINDOWS} windows of {WINDOW} "
+            f"bytes in the .txt files of {folder}; run `make pythia` (it downloads the texts) "
+            "or set data-dir to a folder of plays"
+        )
+    role_of = [np.full(len(windows), index, np.int64) for index, windows in enumerate(train)]
+    test_role = [np.full(len(windows), index, np.int64) for index, windows in enumerate(test)]
+    return Dataset(
+        np.concatenate(train),
+        np.concatenate(role_of),
+        np.concatenate(test),
+        np.concatenate(test_role),
+    )
+
+
+def play_roles(text: str) -> dict[str, list[str]]:
+    """Each speaker's speeches in a play, in order of first appearance."""
+    roles: dict[str, list[str]] = {}
+    for block in re.split(r"\n\s*\n", text):
+        lines = block.strip().splitlines()
+        if len(lines) < 2 or not SPEAKER.match(lines[0].strip()):
+            continue
+        speech = STAGE_DIRECTION.sub("", " ".join(line.strip() for line in lines[1:])).strip()
+        if speech:
+            roles.setdefault(lines[0].strip()[:-1], []).append(speech)
+    return roles

@@ -7,6 +7,7 @@ from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common import log
@@ -63,6 +64,17 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
         clients,
         config.model,
         model_bytes / MB,
+    )
+    sizes = strategy.partition_sizes
+    log(
+        INFO,
+        "partitions (%s): %d training samples, per client min %d, median %g, max %d; %d to test",
+        config.partitioner,
+        sum(sizes),
+        min(sizes),
+        float(np.median(sizes)),
+        max(sizes),
+        len(test),
     )
 
     rows: list[dict[str, Any]] = []

@@ -262,3 +262,22 @@ def write_hub_dataset(folder: Path, form: str, rgb: bool = False, image: str = "
         for split, data in splits.items():
             data.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     return folder
+
+
+# ---------------------------------------------------------------- plays of our own
+def write_plays(folder: Path) -> Path:
+    """Two short plays in the modern texts' layout: roles of 13, 21 and 6 speeches.
+
+    Each speech is 64 characters; joined with newlines a role of k speeches is 65k - 1 bytes,
+    that is k - 1 windows of 65 bytes, each one speech and its newline: 12, 20 and 5 windows.
+    """
+    folder.mkdir(parents=True)
+
+    def speech(role: str, index: int) -> str:
+        return f"{role}.\n" + f"{role} line {index:03d} ".ljust(64, "x")
+
+    first = [speech("Ham", i) for i in range(13)] + [speech("Hor", i) for i in range(21)]
+    second = [speech("Puck", i) for i in range(6)]
+    (folder / "a_gut.txt").write_text("ACT I.\n\n" + "\n\n".join(first) + "\n")
+    (folder / "b_gut.txt").write_text("\n\n".join(second) + "\n")
+    return folder

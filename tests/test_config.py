@@ -28,7 +28,11 @@ def test_pyproject_defaults_parse():
         ),
         ("model", "resnet", "model='resnet' is not known; allowed: cnn, logistic"),
         ("dataset", "cifar100", "dataset='cifar100' is not known; allowed: fashion-mnist, mnist"),
-        ("dataset", "hub:", "dataset='hub:' is not known; allowed: fashion-mnist, mnist, synthetic"),
+        (
+            "dataset",
+            "hub:",
+            "dataset='hub:' is not known; allowed: fashion-mnist, mnist, synthetic",
+        ),
         ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
         ("fraction-train", 0.0, "fraction-train=0.0 is out of range; allowed: (0, 1]"),
         ("fraction-train", 1.5, "fraction-train=1.5 is out of range; allowed: (0, 1]"),
@@ -140,9 +144,8 @@ def test_run_config_string_parses_toml_values():
 def test_command_line_typo_is_one_line_and_exit_2(capsys):
     code = simulation_main(["--run-config", "model='cnnx'"])
     assert code == 2
-    expected = (
-        "error: model='cnnx' is not known; allowed: cnn, logistic, vgg11, resnet18, pythia-14m\n"
-    )
+    allowed = "cnn, logistic, vgg11, resnet18, lstm, pythia-14m"
+    expected = f"error: model='cnnx' is not known; allowed: {allowed}\n"
     assert capsys.readouterr().err == expected
 
 
@@ -193,8 +196,17 @@ def test_bad_network_settings_are_one_line(flat_config, overrides, message):
         ),
         (
             {"model": "pythia-14m", "dataset": "shakespeare", "partitioner": "dirichlet"},
-            "partitioner='dirichlet' needs class labels, which text has not; allowed with "
-            "dataset='shakespeare': iid",
+            "partitioner='dirichlet' does not split dataset='shakespeare'; allowed with it: iid",
+        ),
+        (
+            {"model": "lstm", "dataset": "shakespeare-roles", "partitioner": "iid"},
+            "partitioner='iid' does not split dataset='shakespeare-roles'; allowed with it: "
+            "natural",
+        ),
+        (
+            {"partitioner": "natural"},
+            "partitioner='natural' needs a dataset of natural clients; allowed: dataset in "
+            "shakespeare-roles",
         ),
     ],
 )

@@ -11,9 +11,10 @@ import pytest
 
 from experiment.data import FASHION_MNIST_DIR, load_dataset, read_idx, synthetic_dataset
 from experiment.dataset import DatasetCorruptError, DatasetMissingError
-from experiment.text import text_dataset
+from experiment.partition import split_indices
+from experiment.text import play_roles, text_dataset
 from flower_app.launch import main as launch_main
-from tests.support import write_cifar10, write_hub_dataset
+from tests.support import write_cifar10, write_hub_dataset, write_plays
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -192,3 +193,26 @@ def test_an_unreachable_hub_id_is_one_line(monkeypatch):
     message = str(error.value)
     assert message.startswith("dataset 'hub:nobody/no-such-dataset' is neither reachable")
     assert "\n" not in message
+
+
+def test_plays_split_into_one_client_per_speaking_role(tmp_path):
+    # Prepare: roles of 12, 20 and 5 windows (tests/support.py: write_plays)
+    write_plays(tmp_path / "plays")
+    # Execute
+    data = load_dataset("shakespeare-roles", str(tmp_path / "plays"))
+    # Assert: Puck has fewer than 10 windows and is no client; Ham keeps 12 - ceil(1.2) = 10
+    # windows to train and holds out 2, Hor 18 and 2; a window's label is its role
+    assert data.train_labels.tolist() == [0] * 10 + [1] * 18
+    assert data.test_labels.tolist() == [0, 0, 1, 1]
+    assert data.train_inputs.shape == (28, 65)
+    assert bytes(data.train_inputs[0][:12]) == b"Ham line 000"
+    # each 65-byte window is one 64-character speech and its newline: Hor's test windows are
+    # its speeches 18 and 19
+    assert bytes(data.test_inputs[2][:12]) == b"Hor line 018"
+    splits = split_indices(data.train_labels, "natural", 2, seed=0)
+    assert [part.tolist() for part in splits] == [list(range(10)), list(range(10, 28))]
+
+
+def test_a_speech_is_its_lines_without_stage_directions():
+    play = "ACT I.\n\nHam.\nTo be, [Aside.] or not\nto be.\n\n[Enter Ghost.]\n\nGhost.\nMark me."
+    assert play_roles(play) == {"Ham": ["To be,  or not to be."], "Ghost": ["Mark me."]}

@@ -25,6 +25,7 @@ from tests.support import (
     run_folder,
     run_module,
     write_cifar10,
+    write_plays,
 )
 
 MODEL_BYTES = 7850 * 4
@@ -333,3 +334,26 @@ def test_a_cifar10_model_trains_a_round_with_exact_bytes(tmp_path, model, arrays
     assert set(down) == {framing + 20} and set(up) == {framing + 38 + SIZE_ENTRIES}
     rounds = pd.read_csv(run_dir / "rounds.csv")
     assert rounds["delivered"].tolist() == [0, 2] and pd.notna(rounds["test_loss"]).all()
+
+
+def test_the_lstm_trains_on_speaking_roles(tmp_path):
+    # Prepare: two plays whose roles of 12 and 20 windows make two clients
+    write_plays(tmp_path / "plays")
+    settings = (
+        f"dataset='shakespeare-roles' data-dir='{tmp_path / 'plays'}' model='lstm' "
+        "partitioner='natural' num-server-rounds=2 fraction-train=1.0 batch-size=4 seed=7 "
+        f"output-dir='{tmp_path}' run-name='run'"
+    )
+    # Execute
+    output = run_module("flower_app.simulation", "--num-supernodes", "2", "--run-config", settings)
+    run_dir = run_folder(output)
+    # Assert: the partitions are the roles (10 and 18 windows to train, 4 to test), every
+    # update carries the LSTM's 866,560 float32 parameters, the model is finite
+    assert "partitions (natural): 28 training samples, per client min 10, median 14, max 18" in (
+        output.stdout + output.stderr
+    )
+    messages = pd.read_csv(run_dir / "bandwidth.csv").query("phase == 'train'")
+    assert set(messages["status"]) == {"delivered"} and len(messages) == 8
+    assert (messages["payload_bits"] == 32 * 866_560).all()
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    assert rounds["delivered"].tolist() == [0, 2, 2] and pd.notna(rounds["test_loss"]).all()

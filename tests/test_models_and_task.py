@@ -50,6 +50,16 @@ def test_cifar10_models_count_by_hand_and_hold_float32_parameters_only():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_the_char_lstm_counts_by_hand_and_predicts_every_next_byte():
+    # embedding 256 x 8 = 2,048; LSTM layer 1: 4 gates x 256 x (8 + 256) + 2 x 4 x 256 biases
+    # = 272,384; layer 2: 4 x 256 x (256 + 256) + 2,048 = 526,336; fc 256 x 256 + 256 = 65,792
+    model = build_model("lstm", 0)
+    assert count(model) == MODEL_PARAMETERS["lstm"] == 866_560
+    assert list(model.buffers()) == []
+    logits = model(torch.zeros((2, 65), dtype=torch.int64))
+    assert logits.shape == (2, 256, 64)  # (batch, bytes, predicted positions)
+
+
 def test_rgb_images_are_standardised_per_channel():
     # one pixel per channel: 0, 255, 51 -> (0 - 0.4914) / 0.2470, (1 - 0.4822) / 0.2435,
     # (0.2 - 0.4465) / 0.2616
