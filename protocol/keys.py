@@ -19,7 +19,7 @@ STC_APPROX = "stc.approx"
 STC_ACCUMULATE_UP = "stc.accumulate-up"
 SEED = "seed"
 DOWN_ROUNDS = "down.rounds"  # rounds whose compressed deltas the "down" record carries, in order
-DOWN = "down"  # ArrayRecord of catch-up deltas: "<round>.bits", "<round>.counts", "<round>.means"
+DOWN = "down"  # ArrayRecord of catch-up deltas: "<round>.bits", "<round>.header"
 
 # Quantized transmission (see protocol/quant.py): the uplink spec, and a quantized downlink
 QUANT_SCHEME = "quant.scheme"  # uniform | fixed | progressive | float

@@ -1,13 +1,13 @@
 """FedAvg that measures every message it sends and receives, and selects on partition ids.
 
-The strategy learns `node_id -> partition_id` once with a query round (phase `query`,
-round 0), then selects partitions with a seeded generator each round. Each message sent and
-each reply received is one row in bandwidth.csv; each round is one row in rounds.csv.
-Replies that failed or carry garbage are logged (`failed` / `rejected`) and left out.
-A message's row waits for its reply, so that the sizes the client measured (payload-size mod)
-land beside the server's in `client_bytes`. On a simulated network (`net.*`) each train round
-is timed from the measured sizes once its replies are in; updates the straggler policy rules
-out are logged `dropped` and left out.
+It composes small parts: a `Directory` learns `node_id -> partition_id` once with a query
+round (phase `query`, round 0); a `Selector` picks partitions with a seeded generator each
+round; the `Ledger` writes one bandwidth.csv row per message sent and per reply received; a
+`RoundTimer` times each train phase on the simulated network (`net.*`), whose straggler policy
+may mark updates `dropped`; `strategies.replies` says what makes a reply usable. Replies that
+failed or carry garbage are logged (`failed` / `rejected`) and left out. A message's row waits
+for its reply, so that the sizes the client measured (payload-size mod) land beside the
+server's. Each round is one row in rounds.csv.
 """
 
 from __future__ import annotations
