@@ -17,6 +17,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from flwr.common.config import flatten_dict, get_project_config, unflatten_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from experiment.dataset import HUB_PREFIX
 from fedcodec.quant import CODE_BITS, QuantSpec
 from netsim.rounds import POLICIES
 
@@ -42,7 +43,6 @@ FAULT_KINDS += ("metrics", "dtype")
 
 Strategy = Literal["fedavg", "stc", "topk", "quant", "qsfl"]
 Model = Literal["cnn", "logistic", "vgg11", "resnet18", "lstm", "pythia-14m"]
-HUB_PREFIX = "hub:"  # dataset = "hub:<id or folder>": any image dataset of the Hub
 Channel = Literal["none", "random-walk", "rayleigh", "trace"]
 Policy = Literal[POLICIES]  # type: ignore[valid-type]
 FaultKind = Literal[FAULT_KINDS]  # type: ignore[valid-type]
@@ -277,7 +277,9 @@ class ExperimentConfig(_Frozen):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        if name not in DATASET_INPUTS and not (name.startswith(HUB_PREFIX) and name[4:]):
+        if name not in DATASET_INPUTS and not (
+            name.startswith(HUB_PREFIX) and name.removeprefix(HUB_PREFIX)
+        ):
             allowed = ", ".join([*DATASET_INPUTS, f"{HUB_PREFIX}<id or folder>"])
             raise ValueError(f"dataset='{name}' is not known; allowed: {allowed}")
         return name

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from experiment.cifar import cifar10_dataset
-from experiment.dataset import Dataset, DatasetCorruptError, DatasetMissingError
-from experiment.hub import PREFIX, hub_dataset
+from experiment.dataset import HUB_PREFIX, Dataset, DatasetCorruptError, DatasetMissingError
+from experiment.hub import hub_dataset
 from experiment.text import role_dataset, text_dataset
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -90,7 +90,7 @@ def load_dataset(
     image_column, label_column : str
         Only used by `hub:<id or folder>` (see hub.py).
     """
-    if name.startswith(PREFIX):
+    if name.startswith(HUB_PREFIX):
         return hub_dataset(name, image_column, label_column)
     if name == "synthetic":
         return synthetic_dataset(seed)

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+HUB_PREFIX = "hub:"  # dataset = "hub:<id or folder>": any image dataset of the Hub
+IMAGE_KINDS = {(28, 28): "grey", (3, 32, 32): "rgb"}  # image shapes the models here read
+
 
 class DatasetError(Exception):
     """A dataset that cannot be used; the message (one line) says which file and why."""
@@ -30,3 +33,10 @@ class Dataset:
     train_labels: np.ndarray
     test_inputs: np.ndarray
     test_labels: np.ndarray
+
+
+def input_kind(inputs: np.ndarray) -> str:
+    """What a model must read to take `inputs`: "grey", "rgb", "text" (2-d windows) or ""."""
+    if inputs.ndim == 2:
+        return "text"
+    return IMAGE_KINDS.get(inputs.shape[1:], "")

@@ -16,16 +16,20 @@ import datasets
 import numpy as np
 from flwr_datasets import FederatedDataset
 
-from experiment.dataset import Dataset, DatasetCorruptError, DatasetMissingError
+from experiment.dataset import (
+    HUB_PREFIX,
+    Dataset,
+    DatasetCorruptError,
+    DatasetMissingError,
+    input_kind,
+)
 
-PREFIX = "hub:"
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "hf-datasets"
-SHAPES = {(28, 28): "grey", (3, 32, 32): "rgb"}  # what the models here read
 
 
 def hub_dataset(name: str, image_column: str, label_column: str) -> Dataset:
     """The train and test splits of `hub:<id or folder>` as numpy arrays."""
-    source = name.removeprefix(PREFIX)
+    source = name.removeprefix(HUB_PREFIX)
     splits = {split: _load_split(source, split) for split in ("train", "test")}
     arrays = {
         split: _arrays(data, name, image_column, label_column) for split, data in splits.items()
@@ -53,11 +57,11 @@ def _load_split(source: str, split: str) -> datasets.Dataset:
         return federated.load_split(split)
     except KeyError:
         raise DatasetCorruptError(
-            f"dataset '{PREFIX}{source}' has no '{split}' split; it needs 'train' and 'test'"
+            f"dataset '{HUB_PREFIX}{source}' has no '{split}' split; it needs 'train' and 'test'"
         ) from None
     except (ConnectionError, OSError, ValueError) as error:  # offline, no such id or folder
         raise DatasetMissingError(
-            f"dataset '{PREFIX}{source}' is neither reachable on the Hub nor a local copy "
+            f"dataset '{HUB_PREFIX}{source}' is neither reachable on the Hub nor a local copy "
             f"(a folder of Parquet files or of save_to_disk): {str(error).splitlines()[0]}"
         ) from None
 
@@ -77,7 +81,7 @@ def _arrays(
     if images.ndim == 4 and images.shape[-1] in (1, 3):  # (n, H, W, C) as images decode
         images = images.transpose(0, 3, 1, 2)
         images = images[:, 0] if images.shape[1] == 1 else images
-    if images.dtype != np.uint8 or images.shape[1:] not in SHAPES:
+    if images.dtype != np.uint8 or input_kind(images) in ("", "text"):
         raise DatasetCorruptError(
             f"dataset '{name}': images of shape {images.shape[1:]} and dtype {images.dtype}; "
             "allowed: uint8 28x28 grey or 32x32 RGB"

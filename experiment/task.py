@@ -24,8 +24,8 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  
 class Samples:
     """Model inputs and their int64 labels, as tensors.
 
-    Images: normalised (n, 1, 28, 28) float32. Text: token windows (n, 65) int64 whose labels
-    are their next tokens (n, 64).
+    Images: normalised (n, 1, 28, 28) or (n, 3, 32, 32) float32. Text: token windows (n, 65)
+    int64 whose labels are their next tokens (n, 64).
     """
 
     inputs: torch.Tensor

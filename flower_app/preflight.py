@@ -19,8 +19,7 @@ from experiment.config import (
     default_run_name,
     parse,
 )
-from experiment.dataset import Dataset
-from experiment.hub import SHAPES as IMAGE_SHAPES
+from experiment.dataset import Dataset, input_kind
 from experiment.task import dataset_of, partition_indices
 from strategies.network import check_network
 
@@ -41,7 +40,7 @@ def preflight(flat: dict[str, Any], num_supernodes: int) -> tuple[ExperimentConf
 
 def check_model_reads(config: ExperimentConfig, dataset: Dataset) -> None:
     """The model must read what the dataset holds (for a `hub:` dataset known once loaded)."""
-    held = IMAGE_SHAPES.get(dataset.train_inputs.shape[1:], "text")
+    held = input_kind(dataset.train_inputs)
     if MODEL_INPUTS[config.model] != held:
         wanted = [name for name, inputs in MODEL_INPUTS.items() if inputs == held]
         raise ConfigError(

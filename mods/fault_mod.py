@@ -37,7 +37,7 @@ def make_fault_mod(run_config: dict[str, Any] | None = None) -> Mod:
         config = parse(flat, server=False)
         faults = config.faults
         partition_id = int(context.node_config.get(keys.PARTITION_ID, -1))
-        if faults.kind == "none" or partition_id not in faults.clients:
+        if partition_id not in faults.clients:
             return call_next(msg, context)
         server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
         if faults.rounds and server_round not in faults.rounds:

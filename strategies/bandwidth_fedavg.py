@@ -160,7 +160,7 @@ class BandwidthFedAvg(FedAvg):
         """Training samples a client processed this round (0 for a nonsense example count)."""
         metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
         examples = metrics.get(keys.NUM_EXAMPLES)
-        if examples_problem(examples, self.partition_sizes[self._partition(reply)]):
+        if examples_problem(examples, self._partition_size(reply)):
             return 0
         c = self.config
         return samples_processed(int(examples), c.batch_size, c.local_epochs, c.local_steps)
@@ -235,7 +235,11 @@ class BandwidthFedAvg(FedAvg):
 
     def check_metrics(self, reply: Message, metrics: MetricRecord, expected: tuple) -> str:
         """`metrics_problem` for a reply, bounded by the size of its sender's partition."""
-        return metrics_problem(metrics, expected, self.partition_sizes[self._partition(reply)])
+        return metrics_problem(metrics, expected, self._partition_size(reply))
+
+    def _partition_size(self, reply: Message) -> int:
+        """Training samples of the reply's sender (its largest believable example count)."""
+        return self.partition_sizes[self._partition(reply)]
 
     # ------------------------------------------------------------------ evaluation
     def configure_evaluate(
