@@ -184,10 +184,20 @@ class FaultConfig(_Frozen):
 
 
 class HubConfig(_Frozen):
-    """`hub.*`: the columns of a `hub:` dataset that hold the images and the labels."""
+    """`hub.*`: the columns of a `hub:` dataset: images (or text) and labels (or groups)."""
 
     image_column: str
     label_column: str
+    text_column: str
+
+    @model_validator(mode="after")
+    def _images_have_labels(self) -> HubConfig:
+        if not self.text_column and not self.label_column:
+            raise ValueError(
+                "hub.label-column='' names no column; allowed: the column of the labels "
+                "(empty only with hub.text-column set: every row in one group)"
+            )
+        return self
 
 
 class NetConfig(_Frozen):
@@ -308,16 +318,18 @@ def _model_and_data_problem(config: ExperimentConfig) -> str:
             f"model='{config.model}' does not fit dataset='{config.dataset}'; allowed with "
             f"this model: dataset in {', '.join(wanted)}"
         )
-    natural = "natural" if config.dataset in NATURAL_DATASETS else "iid"
-    if inputs == "text" and config.partitioner != natural:
+    grouped = config.dataset.startswith(HUB_PREFIX) and bool(config.hub.text_column)
+    natural = config.dataset in NATURAL_DATASETS or grouped
+    text_splits = ("iid", "natural") if grouped else ("natural",) if natural else ("iid",)
+    if inputs == "text" and config.partitioner not in text_splits:
         return (
             f"partitioner='{config.partitioner}' does not split dataset='{config.dataset}'; "
-            f"allowed with it: {natural}"
+            f"allowed with it: {', '.join(text_splits)}"
         )
-    if config.partitioner == "natural" and config.dataset not in NATURAL_DATASETS:
+    if config.partitioner == "natural" and not natural:
         return (
             f"partitioner='natural' needs a dataset of natural clients; allowed: dataset in "
-            f"{', '.join(NATURAL_DATASETS)}"
+            f"{', '.join(NATURAL_DATASETS)}, or a hub: dataset with hub.text-column set"
         )
     if config.model == "pythia-14m" and importlib.util.find_spec("transformers") is None:
         return (

@@ -74,6 +74,7 @@ def load_dataset(
     seed: int = 0,
     image_column: str = "image",
     label_column: str = "label",
+    text_column: str = "",
 ) -> Dataset:
     """Load a dataset once per process (cached).
 
@@ -87,11 +88,11 @@ def load_dataset(
         package's folder for Fashion-MNIST, `.cache/shakespeare` for Shakespeare.
     seed : int
         Only used by `synthetic`.
-    image_column, label_column : str
+    image_column, label_column, text_column : str
         Only used by `hub:<id or folder>` (see hub.py).
     """
     if name.startswith(HUB_PREFIX):
-        return hub_dataset(name, image_column, label_column)
+        return hub_dataset(name, image_column, label_column, text_column)
     if name == "synthetic":
         return synthetic_dataset(seed)
     if name == "shakespeare":

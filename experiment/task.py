@@ -75,7 +75,12 @@ def dataset_of(config: ExperimentConfig) -> Dataset:
     """The config's dataset as numpy arrays (loaded once per process)."""
     hub = config.hub
     return load_dataset(
-        config.dataset, config.data_dir, config.seed, hub.image_column, hub.label_column
+        config.dataset,
+        config.data_dir,
+        config.seed,
+        hub.image_column,
+        hub.label_column,
+        hub.text_column,
     )
 
 

@@ -43,14 +43,13 @@ def text_dataset(data_dir: str = "") -> Dataset:
             f"dataset 'shakespeare': no .txt files in {folder}; run `make pythia` (it downloads "
             "the texts) or set data-dir to a folder of .txt files"
         )
-    tokens = np.frombuffer(b"\n".join(path.read_bytes() for path in files), dtype=np.uint8)
-    count = len(tokens) // WINDOW
-    if count <= TEST_WINDOWS:
+    text = b"\n".join(path.read_bytes() for path in files)
+    windows = byte_windows(text)
+    if len(windows) <= TEST_WINDOWS:
         raise DatasetMissingError(
-            f"dataset 'shakespeare': {len(tokens)} bytes in {folder} make {count} windows of "
-            f"{WINDOW}; need more than {TEST_WINDOWS}"
+            f"dataset 'shakespeare': {len(text)} bytes in {folder} make {len(windows)} windows "
+            f"of {WINDOW}; need more than {TEST_WINDOWS}"
         )
-    windows = tokens[: count * WINDOW].reshape(count, WINDOW).copy()
     train, test = windows[:-TEST_WINDOWS], windows[-TEST_WINDOWS:]
     return Dataset(train, np.zeros(len(train), np.int64), test, np.zeros(len(test), np.int64))
 
@@ -68,12 +67,10 @@ def role_dataset(data_dir: str = "") -> Dataset:
     ]
     train, test = [], []
     for speeches in roles:
-        tokens = np.frombuffer("\n".join(speeches).encode("latin-1"), dtype=np.uint8)
-        count = len(tokens) // WINDOW
-        if count < MIN_ROLE_WINDOWS:
+        windows = byte_windows("\n".join(speeches).encode("latin-1"))
+        if len(windows) < MIN_ROLE_WINDOWS:
             continue
-        windows = tokens[: count * WINDOW].reshape(count, WINDOW)
-        held_out = math.ceil(count / 10)
+        held_out = math.ceil(len(windows) / 10)
         train.append(windows[:-held_out])
         test.append(windows[-held_out:])
     if not train:
@@ -90,6 +87,27 @@ def role_dataset(data_dir: str = "") -> Dataset:
         np.concatenate(test),
         np.concatenate(test_role),
     )
+
+
+def byte_windows(text: bytes) -> np.ndarray:
+    """The text cut into (n, WINDOW) uint8 windows; a tail shorter than a window is dropped."""
+    count = len(text) // WINDOW
+    return np.frombuffer(text[: count * WINDOW], dtype=np.uint8).reshape(count, WINDOW).copy()
+
+
+def grouped_windows(texts: list[str], groups: list) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's texts (in order, joined by newlines, UTF-8) cut into windows.
+
+    Returns (windows, labels): a window's label is its group's index among the groups that make
+    at least one window, in order of first appearance (what the `natural` partitioner reads).
+    """
+    joined: dict[object, list[str]] = {}
+    for text, group in zip(texts, groups, strict=True):
+        joined.setdefault(group, []).append(text)
+    parts = [byte_windows("\n".join(members).encode("utf-8")) for members in joined.values()]
+    parts = [windows for windows in parts if len(windows)] or [np.zeros((0, WINDOW), np.uint8)]
+    labels = [np.full(len(windows), index, np.int64) for index, windows in enumerate(parts)]
+    return np.concatenate(parts), np.concatenate(labels)
 
 
 def play_roles(text: str) -> dict[str, list[str]]:

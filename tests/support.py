@@ -264,6 +264,24 @@ def write_hub_dataset(folder: Path, form: str, rgb: bool = False, image: str = "
     return folder
 
 
+def write_hub_text(folder: Path) -> Path:
+    """A small text dataset as the Hub stores it (Parquet): train rows of speakers "b", "a",
+    "b" and "c" (64, 66, 64 and 10 characters), test rows of 70 and 60 characters; a column
+    `row` holds each row's index."""
+    import datasets
+
+    splits = {
+        "train": {"text": ["b" * 64, "a" * 66, "b" * 64, "c" * 10], "speaker": list("babc")},
+        "test": {"text": ["t" * 70, "u" * 60], "speaker": list("ab")},
+    }
+    (folder / "data").mkdir(parents=True)
+    for split, table in splits.items():
+        table["row"] = list(range(len(table["text"])))
+        path = folder / "data" / f"{split}-00000-of-00001.parquet"
+        datasets.Dataset.from_dict(table).to_parquet(str(path))
+    return folder
+
+
 # ---------------------------------------------------------------- plays of our own
 def write_plays(folder: Path) -> Path:
     """Two short plays in the modern texts' layout: roles of 13, 21 and 6 speeches.

@@ -33,6 +33,7 @@ def test_pyproject_defaults_parse():
             "hub:",
             "dataset='hub:' is not known; allowed: fashion-mnist, mnist, synthetic",
         ),
+        ("hub.label-column", "", "hub.label-column='' names no column; allowed: the column"),
         ("partitioner", "shard", "partitioner='shard' is not known; allowed: iid, dirichlet"),
         ("fraction-train", 0.0, "fraction-train=0.0 is out of range; allowed: (0, 1]"),
         ("fraction-train", 1.5, "fraction-train=1.5 is out of range; allowed: (0, 1]"),

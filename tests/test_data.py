@@ -14,7 +14,7 @@ from experiment.dataset import DatasetCorruptError, DatasetMissingError
 from experiment.partition import split_indices
 from experiment.text import play_roles, text_dataset
 from flower_app.launch import main as launch_main
-from tests.support import write_cifar10, write_hub_dataset, write_plays
+from tests.support import write_cifar10, write_hub_dataset, write_hub_text, write_plays
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -184,6 +184,34 @@ def test_hub_rgb_images_come_channels_first_and_columns_are_named_by_config(tmp_
     data = load_dataset(f"hub:{tmp_path / 'copy'}", image_column="img")
     assert data.train_inputs.shape == (20, 3, 32, 32)
     assert data.train_inputs[7, :, 3, 4].tolist() == [7, 7, 7]
+
+
+def test_a_hub_text_dataset_becomes_byte_windows_grouped_by_its_label_column(tmp_path):
+    # Prepare: speaker b has rows of 64 + 64 characters, a one of 66, c one of 10
+    copy = write_hub_text(tmp_path / "copy")
+    # Execute
+    data = load_dataset(f"hub:{copy}", label_column="speaker", text_column="text")
+    # Assert: b's rows joined by a newline are 129 bytes, 1 window of 65; a's 66 bytes, 1
+    # window; c's 10 bytes, none (c is no client). Labels: b 0, a 1 (first appearance).
+    assert data.train_inputs.shape == (2, 65) and data.train_inputs.dtype == np.uint8
+    assert bytes(data.train_inputs[0]) == b"b" * 64 + b"\n"
+    assert bytes(data.train_inputs[1]) == b"a" * 65
+    assert data.train_labels.tolist() == [0, 1]
+    # the test rows joined (70 + 1 + 60 bytes) make 2 windows; their labels are unused zeros
+    assert bytes(data.test_inputs[1]) == b"t" * 5 + b"\n" + b"u" * 59
+    assert data.test_labels.tolist() == [0, 0]
+
+
+def test_a_hub_text_dataset_names_a_missing_or_wrong_column(tmp_path):
+    copy = write_hub_text(tmp_path / "copy")
+    with pytest.raises(DatasetCorruptError, match="no column 'label' .*; set hub.label-column"):
+        load_dataset(f"hub:{copy}", text_column="text")
+    with pytest.raises(DatasetCorruptError, match="text-column='row' does not hold strings only"):
+        load_dataset(f"hub:{copy}", label_column="", text_column="row")
+    with pytest.raises(DatasetCorruptError, match="column 'speaker' makes no window of 65 bytes"):
+        load_dataset(f"hub:{copy}", label_column="", text_column="speaker")
+    one_group = load_dataset(f"hub:{copy}", label_column="", text_column="text")
+    assert one_group.train_labels.tolist() == [0, 0, 0]  # 64+66+64+10 + 3 newlines = 207 bytes
 
 
 def test_an_unreachable_hub_id_is_one_line(monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 from experiment.config import ConfigError
 from flower_app.launch import main as launch_main
 from flower_app.preflight import preflight
-from tests.support import write_hub_dataset
+from tests.support import write_hub_dataset, write_hub_text
 
 
 def test_a_valid_run_gets_its_run_folder(flat_config, tmp_path):
@@ -25,6 +25,26 @@ def test_a_hub_dataset_must_hold_what_the_model_reads(flat_config, tmp_path):
         preflight(flat_config, num_supernodes=4)
     config, _ = preflight(flat_config | {"model": "vgg11"}, num_supernodes=4)
     assert config.dataset.startswith("hub:")
+
+
+def test_a_hub_text_dataset_is_split_by_its_groups_for_a_text_model(flat_config, tmp_path):
+    # Prepare: a text dataset whose rows make windows for two speakers (support.write_hub_text)
+    copy = write_hub_text(tmp_path / "copy")
+    flat_config |= {
+        "dataset": f"hub:{copy}",
+        "hub.text-column": "text",
+        "hub.label-column": "speaker",
+        "partitioner": "natural",
+        "fraction-train": 1.0,
+    }
+    # Execute / Assert: windows are text for the LSTM, not for the logistic model; two
+    # speakers make two windows, two natural clients, not three
+    with pytest.raises(ConfigError, match="model='logistic' does not read the text inputs"):
+        preflight(flat_config, num_supernodes=2)
+    with pytest.raises(ConfigError, match="cannot split 2 samples among 3 clients"):
+        preflight(flat_config | {"model": "lstm"}, num_supernodes=3)
+    config, _ = preflight(flat_config | {"model": "lstm"}, num_supernodes=2)
+    assert config.hub.text_column == "text"
 
 
 def test_a_fraction_that_selects_no_client(flat_config):
