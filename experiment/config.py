@@ -276,6 +276,7 @@ class ExperimentConfig(_Frozen):
     device: Literal["auto", "cpu", "cuda"]
     output_dir: str
     run_name: str
+    resume: bool
     stc: StcConfig
     topk: TopkConfig
     quant: QuantConfig
@@ -346,6 +347,8 @@ def _model_and_data_problem(config: ExperimentConfig) -> str:
 
 def _combination_problem(config: ExperimentConfig) -> str:
     """Settings of two sub-tables that do not go together."""
+    if config.resume and not config.run_name:
+        return "resume=true needs the run-name of the run to resume; allowed: run-name='<name>'"
     parameters = MODEL_PARAMETERS[config.model]
     if config.qsfl.num_segments > parameters:
         return (

@@ -66,11 +66,13 @@ class Recorder:
     run_dir : Path
         The run folder; created if missing. An existing `bandwidth.csv` there is an error,
         so two runs never mix their rows.
+    resume : bool
+        Append to the logs already there (a resumed run, its logs cut to its checkpoint).
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
-        if (self.run_dir / "bandwidth.csv").exists():
+        if not resume and (self.run_dir / "bandwidth.csv").exists():
             raise FileExistsError(f"{self.run_dir} already holds a run; choose another run-name")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._messages = _CsvLog(self.run_dir / "bandwidth.csv", BANDWIDTH_COLUMNS)

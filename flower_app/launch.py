@@ -27,6 +27,7 @@ import tomli_w
 from flwr.common.config import unflatten_dict
 
 from experiment.config import PYPROJECT, ConfigError, resolve
+from flower_app.checkpoint import resume_overrides
 from flower_app.preflight import preflight
 from flower_app.processes import (
     FLWR_ROOT,
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-cpus", type=int, default=1)
     parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU fraction per client")
     parser.add_argument("--stop", action="store_true", help="stop leftover Flower daemons")
+    parser.add_argument("--resume", type=Path, help="a killed run's folder: go on from there")
     args = parser.parse_args(argv)
     if args.stop:
         stopped = stop_leftovers()
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     return command_line(
         lambda: run_flwr(
-            parse_run_config(args.run_config),
+            resume_overrides(args.resume) if args.resume else parse_run_config(args.run_config),
             args.num_supernodes,
             args.client_cpus,
             args.client_gpus,

@@ -21,6 +21,7 @@ from experiment.config import (
 )
 from experiment.dataset import Dataset, input_kind
 from experiment.task import dataset_of, partition_indices
+from flower_app.checkpoint import check_resumable
 from strategies.network import check_network
 
 
@@ -34,7 +35,10 @@ def preflight(flat: dict[str, Any], num_supernodes: int) -> tuple[ExperimentConf
     check_partitions(config, num_supernodes)
     check_network(config.net, config.seed, num_supernodes)
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
-    check_run_dir(run_dir)
+    if config.resume:
+        check_resumable(run_dir, config.to_flat())
+    else:
+        check_run_dir(run_dir)
     return config, run_dir
 
 

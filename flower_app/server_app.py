@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from logging import ERROR, INFO
 from pathlib import Path
@@ -9,16 +10,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from experiment.config import ConfigError, check_selection, default_run_name, parse
+from experiment.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_selection,
+    default_run_name,
+    parse,
+)
 from experiment.dataset import DatasetError
 from experiment.models import build_model
 from experiment.recorder import Recorder
 from experiment.task import Samples, compute_device, evaluate, test_data
+from flower_app.checkpoint import (
+    CLIENT_STATE,
+    Checkpoint,
+    link_client_states,
+    log_sizes,
+    resume_point,
+    run_rounds,
+    save,
+)
 from flower_app.plots import write_run_plots
+from mods.state_mod import state_link
 from strategies import PRESETS, BandwidthFedAvg
 from strategies.accounting import dense_bytes
 from strategies.discovery import DiscoveryError
@@ -44,18 +61,37 @@ def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
 def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     """Run one experiment over `grid` and return its run folder."""
     config = parse(flat_config)
-    device = compute_device(config.device)
-    test = test_data(config).to(device)  # fails if missing
+    test_data(config)  # fails if missing
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
-    recorder = Recorder(run_dir)
-    recorder.write_config(config.to_flat() | {"run-dir": str(run_dir)})
+    checkpoint = resume_point(run_dir, config.to_flat()) if config.resume else None
+    recorder = Recorder(run_dir, resume=config.resume)
+    if not config.resume:
+        recorder.write_config(config.to_flat() | {"run-dir": str(run_dir)})
+    link = state_link(config.output_dir, grid.run.run_id)
+    link_client_states(run_dir, link)
+    try:
+        return _train(grid, config, run_dir, recorder, checkpoint)
+    finally:
+        link.unlink(missing_ok=True)
+
+
+def _train(
+    grid: Grid,
+    config: ExperimentConfig,
+    run_dir: Path,
+    recorder: Recorder,
+    checkpoint: Checkpoint | None,
+) -> Path:
+    """Discover the clients, run (or resume) the rounds, write the summary."""
+    device = compute_device(config.device)
+    test = test_data(config).to(device)
 
     model = build_model(config.model, config.seed)
     initial = ArrayRecord(model.state_dict())
     model_bytes = dense_bytes(initial)
     model.to(device)  # for the central evaluation
     strategy = PRESETS[config.strategy](config, recorder)
-    clients = strategy.discover_partitions(grid)
+    clients = strategy.discover_partitions(grid, logged=checkpoint is None)
     check_selection(config, clients)  # a deployment may have other nodes than expected
     log(
         INFO,
@@ -78,13 +114,34 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     )
 
     rows: list[dict[str, Any]] = []
+    done = 0
+    if checkpoint is not None:
+        if checkpoint.clients != clients:
+            raise ConfigError(
+                f"resume=true: the run in {run_dir} had {checkpoint.clients} clients, not "
+                f"{clients}; allowed: num-supernodes={checkpoint.clients}"
+            )
+        strategy.restore(checkpoint.strategy)
+        initial = ArrayRecord({name: Array(value) for name, value in checkpoint.model.items()})
+        rows, done = checkpoint.rows, checkpoint.server_round
+        log(INFO, "resuming %s after round %d of %d", run_dir, done, config.num_server_rounds)
+
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
+        state = strategy.run_state()
+        model_now = {name: array.numpy() for name, array in arrays.items()}
+        sizes = log_sizes(run_dir)
+        save(run_dir, Checkpoint(server_round, clients, model_now, state, rows, sizes))
+
     evaluate_fn = central_evaluation(model, test, strategy, config.num_server_rounds, rows)
-    strategy.start(
+    run_rounds(
+        strategy,
+        done,
         grid=grid,
         initial_arrays=initial,
         num_rounds=config.num_server_rounds,
         timeout=config.round_timeout_s,
         evaluate_fn=evaluate_fn,
+        end_of_round=end_of_round,
     )
     bandwidth = strategy.bandwidth_summary(model_bytes)
     recorder.finish(
@@ -100,6 +157,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     )
     _log_formula(bandwidth)
     write_run_plots(run_dir)
+    shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)  # checkpoint.pkl holds the model
     return run_dir
 
 

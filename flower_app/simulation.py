@@ -25,6 +25,7 @@ import torch
 from experiment.config import ConfigError, resolve
 from experiment.dataset import DatasetError
 from experiment.task import compute_device
+from flower_app.checkpoint import resume_overrides
 from flower_app.preflight import preflight
 from flower_app.processes import new_home, ray_tmpdir, remove_home, start_watchdog, stop_trees
 
@@ -138,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-supernodes", type=int, default=20)
     parser.add_argument("--client-cpus", type=float, default=1.0)
     parser.add_argument("--client-gpus", type=float, default=None)
+    parser.add_argument("--resume", type=Path, help="a killed run's folder: go on from there")
     args = parser.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.INFO)
     return run_command(
         lambda: run_experiment(
-            parse_run_config(args.run_config),
+            resume_overrides(args.resume) if args.resume else parse_run_config(args.run_config),
             args.num_supernodes,
             args.client_cpus,
             args.client_gpus,

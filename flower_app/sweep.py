@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import shutil
 import sys
 import time
@@ -42,6 +43,7 @@ import pandas as pd
 from flwr.common.config import flatten_dict
 
 from experiment.config import ConfigError, parse, resolve
+from flower_app.checkpoint import check_resumable, load
 from flower_app.plots import plot_comparison
 from flower_app.report import summarize
 
@@ -305,8 +307,17 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
             )
             shutil.rmtree(finished)
         elif finished.exists():
-            print(f"[sweep {sweep.name}] {finished} did not finish: run again", flush=True)
-            shutil.rmtree(finished)
+            done_rounds = resumable_rounds(finished, overrides, sweep.clients[name])
+            if done_rounds:
+                print(
+                    f"[sweep {sweep.name}] {finished} did not finish: resumed after round "
+                    f"{done_rounds}",
+                    flush=True,
+                )
+                overrides = overrides | {"resume": True}
+            else:
+                print(f"[sweep {sweep.name}] {finished} did not finish: run again", flush=True)
+                shutil.rmtree(finished)
         try:
             run_dir = run_experiment(overrides, sweep.clients[name])
         except Exception as error:  # noqa: BLE001  (a failed run must not stop the sweep)
@@ -317,6 +328,18 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
     table = compare(done, sweep.target_accuracy, baseline_runs(sweep))
     write_comparison(sweep.folder, table, done, failed)
     return table
+
+
+def resumable_rounds(run_dir: Path, overrides: dict[str, Any], clients: int) -> int:
+    """The rounds an unfinished run can be resumed after (0: none, or other settings)."""
+    try:
+        checkpoint = load(run_dir)
+        check_resumable(run_dir, parse(resolve(overrides)).to_flat())
+    except (ConfigError, OSError, ValueError, pickle.UnpicklingError, EOFError):
+        return 0
+    if checkpoint is None or checkpoint.clients != clients:
+        return 0
+    return checkpoint.server_round
 
 
 def changed_settings(run_dir: Path, overrides: dict[str, Any], clients: int) -> list[str]:

@@ -91,17 +91,23 @@ class Channel:
 
 def stepped(step_s: float, draw_block: Callable[[], np.ndarray]) -> Channel:
     """A channel whose rate changes every `step_s`, the rates drawn a block at a time."""
-    drawn = 0
-
-    def more() -> tuple[np.ndarray, np.ndarray]:
-        nonlocal drawn
-        rates = draw_block()
-        times = (drawn + np.arange(rates.size)) * step_s
-        drawn += rates.size
-        return times, rates
-
+    more = _Steps(step_s, draw_block)
     first_times, first_rates = more()
     return Channel(first_times, first_rates, more)
+
+
+class _Steps:
+    """The next block of a stepped channel's segments (a class, not a closure: a checkpoint
+    pickles the channel with its generator's position)."""
+
+    def __init__(self, step_s: float, draw_block: Callable[[], np.ndarray]) -> None:
+        self.step_s, self.draw_block, self.drawn = step_s, draw_block, 0
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        rates = self.draw_block()
+        times = (self.drawn + np.arange(rates.size)) * self.step_s
+        self.drawn += rates.size
+        return times, rates
 
 
 def random_walk(
@@ -113,29 +119,49 @@ def random_walk(
     step_s: float,
 ) -> Channel:
     """The source's model: start in U(min, max), add U(change-low, change-high) a step, clip."""
-    rate = rng.uniform(min_bps, max_bps)
+    return stepped(step_s, _RandomWalk(rng, min_bps, max_bps, change_low_bps, change_high_bps))
 
-    def draw_block() -> np.ndarray:
-        nonlocal rate
-        changes = rng.uniform(change_low_bps, change_high_bps, BLOCK_STEPS)
+
+class _RandomWalk:
+    """Blocks of a random walk's rates, clipped to [min_bps, max_bps]."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        min_bps: float,
+        max_bps: float,
+        change_low_bps: float,
+        change_high_bps: float,
+    ) -> None:
+        self.rng, self.bounds = rng, (min_bps, max_bps)
+        self.changes = (change_low_bps, change_high_bps)
+        self.rate = rng.uniform(min_bps, max_bps)
+
+    def __call__(self) -> np.ndarray:
+        changes = self.rng.uniform(*self.changes, BLOCK_STEPS)
         block = np.empty(BLOCK_STEPS)
         for i, change in enumerate(changes):
-            block[i] = rate
-            rate = min(max(rate + change, min_bps), max_bps)
+            block[i] = self.rate
+            self.rate = min(max(self.rate + change, self.bounds[0]), self.bounds[1])
         return block
-
-    return stepped(step_s, draw_block)
 
 
 def rayleigh(
     rng: np.random.Generator, bandwidth_hz: float, mean_snr: float, step_s: float
 ) -> Channel:
     """Block fading on a Shannon link: bandwidth * log2(1 + mean_snr * |h|^2), |h|^2 ~ Exp(1)."""
+    return stepped(step_s, _Rayleigh(rng, bandwidth_hz, mean_snr))
 
-    def draw_block() -> np.ndarray:
-        return bandwidth_hz * np.log2(1.0 + mean_snr * rng.exponential(1.0, BLOCK_STEPS))
 
-    return stepped(step_s, draw_block)
+class _Rayleigh:
+    """Blocks of Shannon rates under Rayleigh fading."""
+
+    def __init__(self, rng: np.random.Generator, bandwidth_hz: float, mean_snr: float) -> None:
+        self.rng, self.bandwidth_hz, self.mean_snr = rng, bandwidth_hz, mean_snr
+
+    def __call__(self) -> np.ndarray:
+        gains = self.rng.exponential(1.0, BLOCK_STEPS)
+        return self.bandwidth_hz * np.log2(1.0 + self.mean_snr * gains)
 
 
 def mean_snr_at(distance_m: float, snr_db_at_reference: float, reference_m: float, exponent: float):

@@ -45,6 +45,7 @@ from strategies.replies import (
 from strategies.selection import Selector
 
 MESSAGE_TYPES = {"train": MessageType.TRAIN, "evaluate": MessageType.EVALUATE}
+NOT_CHECKPOINTED = ("config", "recorder", "ledger", "directory", "partition_sizes")
 
 
 class BandwidthFedAvg(FedAvg):
@@ -84,10 +85,15 @@ class BandwidthFedAvg(FedAvg):
         self._keep = 0  # updates a round needs (fewer than selected under overcommit)
 
     # ------------------------------------------------------------------ discovery
-    def discover_partitions(self, grid: Grid) -> int:
-        """Learn which node holds which partition (round 0), then each partition's size."""
+    def discover_partitions(self, grid: Grid, logged: bool = True) -> int:
+        """Learn which node holds which partition (round 0), then each partition's size.
+
+        `logged=False` (a resumed run, whose round 0 is on record): the query messages are
+        neither logged nor counted.
+        """
         self._start_round(0)
-        clients = self.directory.discover(grid, self.ledger)
+        ledger = self.ledger if logged else Ledger(lambda row: None, self.timer.sim_times)
+        clients = self.directory.discover(grid, ledger)
         if self.clock is not None:
             self.clock.start(sorted(self.directory.node_of))
         self.partition_sizes = tuple(map(len, partition_indices(self.config, clients)))
@@ -299,6 +305,25 @@ class BandwidthFedAvg(FedAvg):
         return self.ledger.formula_summary(
             model_bytes, clients, self.config.fraction_train, self.config.num_server_rounds
         )
+
+    # ------------------------------------------------------------------ checkpoints
+    def run_state(self) -> dict:
+        """What a resumed run needs of this strategy after a round (flower_app/checkpoint.py).
+
+        Every attribute but the config, the log writers and the node directory (node ids
+        change with every run), whatever a preset adds: the network clock and timer, STC's
+        deltas, sync map and residual, QSFL's last signs; the ledger's run totals.
+        """
+        state = {k: v for k, v in vars(self).items() if k not in NOT_CHECKPOINTED}
+        return state | {"ledger": (self.ledger.run, self.ledger.train)}
+
+    def restore(self, state: dict) -> None:
+        """Take back a `run_state` (after discovery, before the first resumed round)."""
+        state = dict(state)
+        run_totals, train_totals = state.pop("ledger")
+        vars(self).update(state)
+        self.ledger = Ledger(self.recorder.log_message, self.timer.sim_times)
+        self.ledger.run, self.ledger.train = run_totals, train_totals
 
     def _start_round(self, server_round: int) -> None:
         self._round = {"round": server_round, "t0": time.perf_counter()}

@@ -100,6 +100,12 @@ def test_bad_value_names_key_value_and_allowed(flat_config, key, value, message)
     assert "\n" not in str(error.value)
 
 
+def test_resume_needs_the_name_of_the_run(flat_config):
+    flat_config |= {"resume": True, "run-name": ""}
+    with pytest.raises(ConfigError, match="resume=true needs the run-name of the run to resume"):
+        parse(flat_config)
+
+
 def test_unknown_key_lists_known_keys():
     with pytest.raises(ConfigError, match="unknown run-config key 'num-round'; known keys: "):
         resolve({"num-round": 3})

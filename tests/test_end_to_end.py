@@ -192,6 +192,42 @@ def test_kill_9_leaves_no_process_behind(tmp_path, module):
     assert leftover_processes() == []
 
 
+def test_a_run_killed_with_sigkill_and_resumed_writes_an_uninterrupted_runs_logs(tmp_path):
+    # Prepare: STC on both links (client and server state) over a random-walk network with a
+    # deadline (the clock's state), 6 rounds of 2 of 4 clients; once uninterrupted, once
+    # killed with SIGKILL after round 2's row and resumed with --resume
+    settings = (
+        f"{RUN_CONFIG.replace('num-server-rounds=2', 'num-server-rounds=6')} strategy='stc' "
+        "net.channel='random-walk' net.policy='drop' net.deadline-s=5.0 "
+        f"output-dir='{tmp_path}'"
+    )
+    args = ("--num-supernodes", "4", "--run-config")
+    whole = run_folder(run_module("flower_app.simulation", *args, f"{settings} run-name='whole'"))
+    killed = subprocess.Popen(
+        module_command("flower_app.simulation", *args, f"{settings} run-name='killed'"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rounds = tmp_path / "killed" / "rounds.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(rows_of(rounds)) < 4:  # header, rounds 0-2
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    assert 4 <= len(rows_of(rounds)) < 8, "killed before round 2 or after the last round"
+    # Execute
+    resumed = run_folder(run_module("flower_app.simulation", "--resume", str(tmp_path / "killed")))
+    # Assert: the same bytes, selections, times and accuracy, row for row
+    for name in ("bandwidth.csv", "channels.csv"):
+        assert (resumed / name).read_bytes() == (whole / name).read_bytes(), name
+    first, second = (pd.read_csv(d / "rounds.csv").drop(columns="wall_s") for d in (whole, resumed))
+    pd.testing.assert_frame_equal(first, second)
+    assert len(first) == 7
+    assert not (resumed / "client-state").exists()  # dropped at the end: checkpoint.pkl stays
+    assert (resumed / "checkpoint.pkl").is_file()
+
+
 def rows_of(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 

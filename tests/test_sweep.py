@@ -9,7 +9,7 @@ import pytest
 
 from experiment.config import ConfigError, parse, resolve
 from experiment.recorder import BANDWIDTH_COLUMNS
-from flower_app import simulation
+from flower_app import checkpoint, simulation
 from flower_app.sweep import (
     baseline_runs,
     compare,
@@ -224,6 +224,40 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, c
     assert "fedavg-seed2 did not finish: run again" in out
     markdown = (sweep.folder / "comparison.md").read_text()
     assert "Failed runs (left out): stc-seed1, stc-seed2" in markdown
+
+
+@pytest.mark.parametrize(
+    ("changes", "clients", "said", "resumed"),
+    [
+        ({}, 4, "resumed after round 3", True),
+        ({"lr": 0.5}, 4, "run again", False),
+        ({}, 3, "run again", False),
+    ],
+)
+def test_an_unfinished_run_with_a_checkpoint_is_resumed(
+    tmp_path, monkeypatch, capsys, changes, clients, said, resumed
+):
+    # Prepare: fedavg seed 1 was killed after round 3 (its checkpoint), with the sweep's
+    # settings, with another lr, or with 3 clients instead of 4; the other runs finished
+    sweep = load_sweep(write(tmp_path, SWEEP))
+    for name, seed in (("fedavg", 2), ("stc", 1), ("stc", 2)):
+        finish(make_run(sweep.folder / f"{name}-seed{seed}"), sweep, name, seed)
+    killed = make_run(sweep.folder / "fedavg-seed1")
+    finish(killed, sweep, "fedavg", 1, **changes)
+    (killed / "summary.json").unlink()
+    checkpoint.save(killed, checkpoint.Checkpoint(3, clients, {}, {}, [], {}))
+    calls = []
+
+    def fake_run(overrides, num_supernodes):
+        calls.append((overrides["run-name"], overrides.get("resume", False)))
+        return make_run(sweep.folder / overrides["run-name"]) if not resumed else killed
+
+    monkeypatch.setattr(simulation, "run_experiment", fake_run)
+    # Execute
+    run_sweep(sweep)
+    # Assert
+    assert calls == [("fedavg-seed1", resumed)]
+    assert f"fedavg-seed1 did not finish: {said}" in capsys.readouterr().out
 
 
 def test_runs_may_set_their_number_of_clients_and_compare_with_fedavg_of_as_many(tmp_path):

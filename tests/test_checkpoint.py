@@ -1,0 +1,67 @@
+"""Resuming a killed run: what is checked, and the logs cut back to the last checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from experiment.config import ConfigError, parse
+from flower_app import checkpoint
+from mods.state_mod import PartitionStates
+
+
+@pytest.fixture
+def killed_run(flat_config, tmp_path):
+    """A run killed in round 3: two rounds checkpointed, half of round 3 in its logs."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    settings = parse(flat_config).to_flat()
+    (run_dir / "run_config.json").write_text(json.dumps(settings | {"run-dir": str(run_dir)}))
+    (run_dir / "bandwidth.csv").write_text("round,bytes\n1,10\n2,20\n")
+    (run_dir / "rounds.csv").write_text("round\n0\n1\n2\n")
+    sizes = checkpoint.log_sizes(run_dir)
+    checkpoint.save(run_dir, checkpoint.Checkpoint(2, 10, {}, {"x": 1}, [{"round": 2}], sizes))
+    with (run_dir / "bandwidth.csv").open("a") as log:
+        log.write("3,30\n3,4")  # round 3's rows, the last one cut by the kill
+    (run_dir / "segments.csv").write_text("round\n3\n")  # begun in round 3
+    for server_round in (2, 3):
+        states = PartitionStates(run_dir / checkpoint.CLIENT_STATE, 0)
+        states.save(server_round, RecordDict({"c": ConfigRecord({"r": server_round})}))
+    return run_dir, settings
+
+
+def test_resuming_cuts_the_logs_and_client_states_back_to_the_checkpoint(killed_run):
+    run_dir, settings = killed_run
+    # Execute
+    resumed = checkpoint.resume_point(run_dir, settings)
+    # Assert: round 2's checkpoint; round 3's rows, its new log and its client states gone
+    assert (resumed.server_round, resumed.strategy, resumed.rows) == (2, {"x": 1}, [{"round": 2}])
+    assert (run_dir / "bandwidth.csv").read_text() == "round,bytes\n1,10\n2,20\n"
+    assert (run_dir / "rounds.csv").read_text() == "round\n0\n1\n2\n"
+    assert not (run_dir / "segments.csv").exists()
+    assert PartitionStates(run_dir / checkpoint.CLIENT_STATE, 0).rounds() == [2]
+
+
+def test_a_run_resumes_only_with_its_own_settings_and_unfinished(killed_run, tmp_path):
+    run_dir, settings = killed_run
+    with pytest.raises(ConfigError, match=r"ran with other settings \(lr, seed\); allowed: its"):
+        checkpoint.resume_point(run_dir, settings | {"lr": 0.5, "seed": 1})
+    # resume, run-dir and output-dir may differ (the folder may have moved)
+    checkpoint.check_resumable(run_dir, settings | {"resume": True, "output-dir": "/elsewhere"})
+    (run_dir / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="finished; nothing to resume"):
+        checkpoint.check_resumable(run_dir, settings)
+    with pytest.raises(ConfigError, match="holds no run to resume"):
+        checkpoint.check_resumable(tmp_path / "nothing", settings)
+
+
+def test_resume_overrides_are_the_runs_own_settings(killed_run):
+    run_dir, settings = killed_run
+    overrides = checkpoint.resume_overrides(run_dir)
+    assert overrides == settings | {
+        "resume": True,
+        "run-name": "run",
+        "output-dir": str(run_dir.parent),
+    }
