@@ -1,15 +1,17 @@
 """Base of the presets whose clients send encoded updates (trained - received model).
 
-A reply is checked by decoding it (undecodable or non-finite: `rejected`); the decoded updates
-are combined (`combine`: averaged weighted by examples, in partition order), and the preset
-decides how the global model moves (`apply_update`).
+A reply is checked by decoding it (undecodable or non-finite: `rejected`); what the server
+keeps of it until aggregation is its facts (bits, status, norm), not its tensors. The accepted
+updates are then decoded again one at a time into a running sum (`combine`: their mean
+weighted by examples, in partition order), so a round holds one decoded update at a time
+besides the sum, and the preset decides how the global model moves (`apply_update`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
@@ -30,6 +32,8 @@ class DecodedUpdate:
     codec: str
     status: str = "delivered"  # or "partial": only part of what was sent is used
     unused_bits: int = 0  # sent but not used (a progressive refinement that came too late)
+    norm: float = 0.0  # L2 norm of the tensors (set once checked)
+    dense_bytes: int = 0  # float32 size of the tensors (set once checked)
 
 
 class CodedFedAvg(BandwidthFedAvg):
@@ -37,7 +41,7 @@ class CodedFedAvg(BandwidthFedAvg):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._decoded: dict[int, DecodedUpdate] = {}  # partition -> its update, this phase
+        self._decoded: dict[int, DecodedUpdate] = {}  # partition -> its facts, no tensors
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -56,29 +60,38 @@ class CodedFedAvg(BandwidthFedAvg):
         return {name: self._global[name] + m for name, m in zip(self._global, mean, strict=True)}
 
     def _problem_in(self, reply: Message) -> str:
-        """Decode the reply (kept for aggregation when usable); what is wrong with it, if any."""
+        """Decode the reply (its facts kept when usable); what is wrong with it, if any."""
         if not has_update_records(reply.content):
             return UPDATE_RECORDS
-        arrays, metrics = reply.content[keys.ARRAYS], reply.content[keys.METRICS]
         try:
-            decoded = self.decode_update(
-                self._round["round"],
-                self._partition(reply),
-                {name: array.numpy() for name, array in arrays.items()},
-            )
+            decoded = self._decode(reply)
         except DecodeError as error:
             return f"undecodable update: {error}"
         if not all(np.isfinite(t).all() for t in decoded.tensors):
             return "NaN or inf in the update"
-        problem = self.check_metrics(reply, metrics, TRAIN_METRICS)
+        problem = self.check_metrics(reply, reply.content[keys.METRICS], TRAIN_METRICS)
         if not problem:
-            self._decoded[self._partition(reply)] = decoded
+            tensors = decoded.tensors
+            self._decoded[self._partition(reply)] = replace(
+                decoded,
+                tensors=[],
+                norm=math.sqrt(sum(float(np.sum(t.astype(np.float64) ** 2)) for t in tensors)),
+                dense_bytes=sum(t.size for t in tensors) * FLOAT32_BYTES,
+            )
         return problem
+
+    def _decode(self, reply: Message) -> DecodedUpdate:
+        """The reply's update, decoded (again, at aggregation: decoding is deterministic)."""
+        arrays = reply.content[keys.ARRAYS]
+        return self.decode_update(
+            self._round["round"],
+            self._partition(reply),
+            {name: array.numpy() for name, array in arrays.items()},
+        )
 
     def update_norm(self, reply: Message) -> float | None:
         """L2 norm of the decoded update."""
-        tensors = self._decoded[self._partition(reply)].tensors
-        return math.sqrt(sum(float(np.sum(t.astype(np.float64) ** 2)) for t in tensors))
+        return self._decoded[self._partition(reply)].norm
 
     def delivery_status(self, reply: Message) -> str:
         return self._decoded[self._partition(reply)].status
@@ -89,24 +102,23 @@ class CodedFedAvg(BandwidthFedAvg):
         decoded = None if reply.has_error() else self._decoded.get(self._partition(reply))
         if decoded is None:
             return {}
-        dense = sum(t.size for t in decoded.tensors) * FLOAT32_BYTES
         return {
             "codec": decoded.codec,
             "payload_bits": decoded.payload_bits + decoded.unused_bits,
             "unused_payload_bits": decoded.unused_bits,
-            "dense_bytes": dense,
+            "dense_bytes": decoded.dense_bytes,
         }
 
     def combine(self, server_round: int, accepted: list[Message]) -> list[np.ndarray]:
-        """One update from the decoded replies: their mean weighted by examples."""
+        """One update from the replies: their mean weighted by examples, summed as decoded."""
         weights = np.array([r.content[keys.METRICS][keys.NUM_EXAMPLES] for r in accepted], float)
-        updates = [self._decoded[self._partition(r)].tensors for r in accepted]
-        return [
-            (sum(w * u[i] for w, u in zip(weights, updates, strict=True)) / weights.sum()).astype(
-                np.float32
+        total: list[np.ndarray] | None = None
+        for weight, reply in zip(weights, accepted, strict=True):
+            weighted = [weight * t for t in self._decode(reply).tensors]
+            total = (
+                weighted if total is None else [a + b for a, b in zip(total, weighted, strict=True)]
             )
-            for i in range(len(updates[0]))
-        ]
+        return [(t / weights.sum()).astype(np.float32) for t in total]
 
     def aggregate_updates(
         self, server_round: int, accepted: list[Message]

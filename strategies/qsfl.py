@@ -252,7 +252,7 @@ class QsflFedAvg(CodedFedAvg):
         sent = [
             (
                 self._segments[self._partition(r)],
-                self._decoded[self._partition(r)].tensors[0],
+                self._decode(r).tensors[0],
                 float(r.content[keys.METRICS][keys.NUM_EXAMPLES]),
             )
             for r in accepted
