@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from ledger.book import Ledger
 from protocol import keys
 
-NODE_POLL_S, NODES_STABLE_POLLS = 0.2, 5  # the node count must hold for 1 s
+NODE_POLL_S = 0.05  # how often to look for nodes that joined
 QUERY_TIMEOUT_S = 600.0
 DISCOVERY_TIMEOUT_S = 120.0  # how long to wait for nodes of a deployment that join late
 NODE_CONFIG_HINT = "start each SuperNode with --node-config 'partition-id=<i> num-partitions=<n>'"
@@ -29,19 +29,17 @@ class DiscoveryError(RuntimeError):
     """The nodes' partition ids are missing, repeated or incomplete (a setup error)."""
 
 
-def wait_for_nodes(grid: Grid, timeout_s: float) -> list[int]:
-    """The grid's node ids once their number has stopped growing (sorted).
+def first_nodes(grid: Grid, timeout_s: float) -> list[int]:
+    """The grid's node ids as soon as it knows one (sorted; [] when none came in time).
 
-    A simulation registers its nodes in a thread of its own while the ServerApp starts: asked
-    too early, the grid knows none or only some of them.
+    A simulation registers its nodes in a thread of its own while the ServerApp starts: the
+    ones registered later are queried as they come, until every partition has its node.
     """
     deadline = time.monotonic() + timeout_s
-    node_ids, stable = sorted(grid.get_node_ids()), 0
-    while stable < NODES_STABLE_POLLS and time.monotonic() < deadline:
+    node_ids = sorted(grid.get_node_ids())
+    while not node_ids and time.monotonic() < deadline:
         time.sleep(NODE_POLL_S)
-        latest = sorted(grid.get_node_ids())
-        stable = stable + 1 if latest == node_ids and latest else 0
-        node_ids = latest
+        node_ids = sorted(grid.get_node_ids())
     return node_ids
 
 
@@ -109,11 +107,13 @@ class Directory:
         """
         deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
         reports: dict[int, Report] = {}
-        node_ids = wait_for_nodes(grid, DISCOVERY_TIMEOUT_S)
+        exchanges: list[tuple[Message, Message]] = []
+        node_ids = first_nodes(grid, DISCOVERY_TIMEOUT_S)
         while True:
             new = [node_id for node_id in node_ids if node_id not in reports]
-            reports |= self._query(grid, ledger, new, reports)
+            reports |= self._query(grid, new, reports, exchanges)
             if reports and not missing_partitions(reports):
+                self._log(ledger, exchanges)
                 return len(self.node_of)
             if time.monotonic() > deadline:
                 raise DiscoveryError(coverage_problem(reports, DISCOVERY_TIMEOUT_S))
@@ -129,9 +129,14 @@ class Directory:
         return sorted(replies, key=self.partition)
 
     def _query(
-        self, grid: Grid, ledger: Ledger, node_ids: list[int], known: dict[int, Report]
+        self,
+        grid: Grid,
+        node_ids: list[int],
+        known: dict[int, Report],
+        exchanges: list[tuple[Message, Message]],
     ) -> dict[int, Report]:
-        """Query `node_ids`, check their answers with those `known`, then map and log them."""
+        """Query `node_ids`, check their answers with those `known`, map them; the messages
+        and replies go to `exchanges`."""
         if not node_ids:
             return {}
         messages = [
@@ -147,11 +152,15 @@ class Directory:
             self.node_of[partition_id] = node_id
             self.partition_of[node_id] = partition_id
         sent = {message.metadata.dst_node_id: message for message in messages}
-        for reply in self.in_order(replies):
-            partition_id = self.partition(reply)
-            ledger.sent(0, partition_id, "query", sent[reply.metadata.src_node_id], {})
-            ledger.replied(0, "query", partition_id, reply, "delivered", ledger.arrived(reply), {})
+        exchanges.extend((sent[reply.metadata.src_node_id], reply) for reply in replies)
         return reports
+
+    def _log(self, ledger: Ledger, exchanges: list[tuple[Message, Message]]) -> None:
+        """Log every query and its reply in partition order, however the nodes came in."""
+        for message, reply in sorted(exchanges, key=lambda pair: self.partition(pair[1])):
+            partition_id = self.partition(reply)
+            ledger.sent(0, partition_id, "query", message, {})
+            ledger.replied(0, "query", partition_id, reply, "delivered", ledger.arrived(reply), {})
 
 
 def partition_report(reply: Message) -> Report:

@@ -7,9 +7,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from experiment.config import parse
+from experiment.recorder import Recorder
 from experiment.task import client_data
+from ledger.book import Ledger
 from protocol import keys
-from strategies.discovery import wait_for_nodes
+from strategies.discovery import Directory
 from tests.support import FakeGrid, make_strategy, model, read_rows, train_reply
 
 # Hand-computed sizes. np.save writes a 128-byte header (magic, version, dict, padding)
@@ -254,20 +256,27 @@ def test_round_row_sums_bytes_of_all_phases(flat_config, tmp_path):
     assert [r["round"] for r in read_rows(recorder, "rounds.csv")] == ["0", "1"]
 
 
-def test_discovery_waits_until_every_node_is_registered():
-    # Prepare: a simulation registers its nodes while the ServerApp starts: none, then some
+def test_discovery_queries_nodes_as_they_register_until_every_partition_has_one(tmp_path):
+    # Prepare: a simulation registers its nodes while the ServerApp starts: none, then the
+    # node of partition 2, then all three
     class RegisteringGrid(FakeGrid):
         def __init__(self):
             super().__init__(3)
-            self.answers = [[], [], [1000]]
+            self.answers = [[], [], [1014]]
 
         def get_node_ids(self):
             return self.answers.pop(0) if self.answers else list(self.partition_of_node)
 
+    grid, directory = RegisteringGrid(), Directory()
+    recorder = Recorder(tmp_path / "run")
     # Execute
-    node_ids = wait_for_nodes(RegisteringGrid(), timeout_s=60)
-    # Assert
-    assert node_ids == [1000, 1007, 1014]
+    clients = directory.discover(grid, Ledger(recorder.log_message, lambda *args: ("", "")))
+    # Assert: node 1014 was queried first, the two others once they came; one query each,
+    # logged in partition order
+    assert clients == 3
+    assert directory.node_of == {0: 1000, 1: 1007, 2: 1014}
+    recorder.log_round({})
+    assert [row["partition_id"] for row in read_rows(recorder)] == ["0", "0", "1", "1", "2", "2"]
 
 
 @pytest.mark.parametrize(("ratio", "status"), [(10.0, "rejected"), (0.0, "delivered")])
