@@ -90,6 +90,15 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
         )
 
 
+def check_clients(checkpoint: Checkpoint | None, clients: int, run_dir: Path) -> None:
+    """A run resumes with the number of clients it had."""
+    if checkpoint is not None and checkpoint.clients != clients:
+        raise ConfigError(
+            f"resume=true: the run in {run_dir} had {checkpoint.clients} clients, not "
+            f"{clients}; allowed: num-supernodes={checkpoint.clients}"
+        )
+
+
 def resume_point(run_dir: Path, settings: dict[str, Any]) -> Checkpoint | None:
     """The checkpoint to resume `run_dir` from (None: no round finished, start over there).
 

@@ -21,7 +21,7 @@ from experiment.config import (
 )
 from experiment.dataset import Dataset, input_kind
 from experiment.task import dataset_of, partition_indices
-from flower_app.checkpoint import check_resumable
+from flower_app.checkpoint import check_clients, check_resumable, load
 from strategies.network import check_network
 
 
@@ -37,6 +37,7 @@ def preflight(flat: dict[str, Any], num_supernodes: int) -> tuple[ExperimentConf
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
     if config.resume:
         check_resumable(run_dir, config.to_flat())
+        check_clients(load(run_dir), num_supernodes, run_dir)
     else:
         check_run_dir(run_dir)
     return config, run_dir

@@ -28,6 +28,7 @@ from experiment.task import Samples, compute_device, evaluate, test_data
 from flower_app.checkpoint import (
     CLIENT_STATE,
     Checkpoint,
+    check_clients,
     link_client_states,
     log_sizes,
     resume_point,
@@ -93,34 +94,11 @@ def _train(
     strategy = PRESETS[config.strategy](config, recorder)
     clients = strategy.discover_partitions(grid, logged=checkpoint is None)
     check_selection(config, clients)  # a deployment may have other nodes than expected
-    log(
-        INFO,
-        "run folder: %s (%d clients, model %s: %.2f MB float32)",
-        run_dir,
-        clients,
-        config.model,
-        model_bytes / MB,
-    )
-    sizes = strategy.partition_sizes
-    log(
-        INFO,
-        "partitions (%s): %d training samples, per client min %d, median %g, max %d; %d to test",
-        config.partitioner,
-        sum(sizes),
-        min(sizes),
-        float(np.median(sizes)),
-        max(sizes),
-        len(test),
-    )
-
+    _log_start(run_dir, config, clients, model_bytes, strategy.partition_sizes, len(test))
     rows: list[dict[str, Any]] = []
     done = 0
     if checkpoint is not None:
-        if checkpoint.clients != clients:
-            raise ConfigError(
-                f"resume=true: the run in {run_dir} had {checkpoint.clients} clients, not "
-                f"{clients}; allowed: num-supernodes={checkpoint.clients}"
-            )
+        check_clients(checkpoint, clients, run_dir)
         strategy.restore(checkpoint.strategy)
         initial = ArrayRecord({name: Array(value) for name, value in checkpoint.model.items()})
         rows, done = checkpoint.rows, checkpoint.server_round
@@ -143,6 +121,18 @@ def _train(
         evaluate_fn=evaluate_fn,
         end_of_round=end_of_round,
     )
+    _finish(run_dir, recorder, strategy, rows, model_bytes)
+    return run_dir
+
+
+def _finish(
+    run_dir: Path,
+    recorder: Recorder,
+    strategy: BandwidthFedAvg,
+    rows: list[dict[str, Any]],
+    model_bytes: int,
+) -> None:
+    """summary.json, the bandwidth lines of the log, the plots; the clients' states go."""
     bandwidth = strategy.bandwidth_summary(model_bytes)
     recorder.finish(
         {
@@ -158,7 +148,34 @@ def _train(
     _log_formula(bandwidth)
     write_run_plots(run_dir)
     shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)  # checkpoint.pkl holds the model
-    return run_dir
+
+
+def _log_start(
+    run_dir: Path,
+    config: ExperimentConfig,
+    clients: int,
+    model_bytes: int,
+    sizes: tuple[int, ...],
+    test_samples: int,
+) -> None:
+    log(
+        INFO,
+        "run folder: %s (%d clients, model %s: %.2f MB float32)",
+        run_dir,
+        clients,
+        config.model,
+        model_bytes / MB,
+    )
+    log(
+        INFO,
+        "partitions (%s): %d training samples, per client min %d, median %g, max %d; %d to test",
+        config.partitioner,
+        sum(sizes),
+        min(sizes),
+        float(np.median(sizes)),
+        max(sizes),
+        test_samples,
+    )
 
 
 def central_evaluation(

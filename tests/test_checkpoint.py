@@ -9,13 +9,14 @@ from flwr.app import ConfigRecord, RecordDict
 
 from experiment.config import ConfigError, parse
 from flower_app import checkpoint
+from flower_app.preflight import preflight
 from mods.state_mod import PartitionStates
 
 
 @pytest.fixture
 def killed_run(flat_config, tmp_path):
     """A run killed in round 3: two rounds checkpointed, half of round 3 in its logs."""
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "test-run"  # the run-name of flat_config
     run_dir.mkdir()
     settings = parse(flat_config).to_flat()
     (run_dir / "run_config.json").write_text(json.dumps(settings | {"run-dir": str(run_dir)}))
@@ -62,6 +63,17 @@ def test_resume_overrides_are_the_runs_own_settings(killed_run):
     overrides = checkpoint.resume_overrides(run_dir)
     assert overrides == settings | {
         "resume": True,
-        "run-name": "run",
+        "run-name": "test-run",
         "output-dir": str(run_dir.parent),
     }
+
+
+def test_a_run_resumes_with_the_clients_it_had(killed_run, flat_config):
+    # Prepare: the killed run had 10 clients (its checkpoint)
+    run_dir, _ = killed_run
+    flat_config |= {"resume": True, "run-name": "test-run", "output-dir": str(run_dir.parent)}
+    # Execute / Assert: 4 is one line before anything starts; 10 goes through
+    with pytest.raises(ConfigError, match="had 10 clients, not 4; allowed: num-supernodes=10"):
+        preflight(flat_config, num_supernodes=4)
+    config, folder = preflight(flat_config, num_supernodes=10)
+    assert (config.resume, folder) == (True, run_dir)
