@@ -46,6 +46,7 @@ from strategies.selection import Selector
 
 MESSAGE_TYPES = {"train": MessageType.TRAIN, "evaluate": MessageType.EVALUATE}
 NOT_CHECKPOINTED = ("config", "recorder", "ledger", "directory", "partition_sizes")
+ROUND_ONLY = ("_round", "_global", "_global_shapes")  # set again at the start of every round
 
 
 class BandwidthFedAvg(FedAvg):
@@ -60,6 +61,7 @@ class BandwidthFedAvg(FedAvg):
     """
 
     upload_phase = "train"  # the phase whose replies carry the updates
+    round_only: tuple[str, ...] = ()  # a preset's attributes of one round (no checkpoint)
 
     def __init__(self, config: ExperimentConfig, recorder: Recorder) -> None:
         super().__init__(
@@ -310,11 +312,13 @@ class BandwidthFedAvg(FedAvg):
     def run_state(self) -> dict:
         """What a resumed run needs of this strategy after a round (flower_app/checkpoint.py).
 
-        Every attribute but the config, the log writers and the node directory (node ids
-        change with every run), whatever a preset adds: the network clock and timer, STC's
-        deltas, sync map and residual, QSFL's last signs; the ledger's run totals.
+        Every attribute but the config, the log writers, the node directory (node ids change
+        with every run) and what a round sets afresh, whatever a preset adds: the network
+        clock and timer, STC's deltas, sync map and residual, QSFL's last signs; the ledger's
+        run totals.
         """
-        state = {k: v for k, v in vars(self).items() if k not in NOT_CHECKPOINTED}
+        left_out = (*NOT_CHECKPOINTED, *ROUND_ONLY, *self.round_only)
+        state = {k: v for k, v in vars(self).items() if k not in left_out}
         return state | {"ledger": (self.ledger.run, self.ledger.train)}
 
     def restore(self, state: dict) -> None:

@@ -39,6 +39,8 @@ class DecodedUpdate:
 class CodedFedAvg(BandwidthFedAvg):
     """FedAvg over encoded updates; subclasses say how to decode and how to apply the mean."""
 
+    round_only = ("_decoded",)
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._decoded: dict[int, DecodedUpdate] = {}  # partition -> its facts, no tensors

@@ -30,6 +30,8 @@ REFINE_LOSS_STREAM = 3
 class QuantFedAvg(CodedFedAvg):
     """FedAvg with quantized uplinks (and optionally a quantized downlink)."""
 
+    round_only = (*CodedFedAvg.round_only, "_down")  # the round's quantized model, sent to all
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.spec = self.config.quant.spec.validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 from flwr.app import ConfigRecord, RecordDict
@@ -11,6 +12,7 @@ from experiment.config import ConfigError, parse
 from flower_app import checkpoint
 from flower_app.preflight import preflight
 from mods.state_mod import PartitionStates
+from tests.support import random_model, run_round
 
 
 @pytest.fixture
@@ -77,3 +79,18 @@ def test_a_run_resumes_with_the_clients_it_had(killed_run, flat_config):
         preflight(flat_config, num_supernodes=4)
     config, folder = preflight(flat_config, num_supernodes=10)
     assert (config.resume, folder) == (True, run_dir)
+
+
+def test_a_strategy_state_after_a_round_pickles_and_restores(quant_strategy):
+    # Prepare: a quantized downlink (the round's encoded model is cached on the strategy)
+    strategy, grid = quant_strategy(**{"quant.down-bits": 8, "quant.error-feedback": True})
+    steps = {pid: random_model(pid) for pid in range(4)}
+    run_round(strategy, grid, {}, random_model(9), steps)
+    # Execute: what a checkpoint holds, back into a strategy of a new process
+    state = pickle.loads(pickle.dumps(strategy.run_state()))
+    fresh, _ = quant_strategy(**{"quant.down-bits": 8, "quant.error-feedback": True})
+    fresh.restore(state)
+    # Assert: the run's byte totals came along; the round's caches did not
+    assert fresh.ledger.run == strategy.ledger.run
+    assert fresh.ledger.run.messages["up"] == 8  # 4 query replies, 4 updates
+    assert "_down" not in state and "_decoded" not in state and "_global" not in state
