@@ -25,6 +25,7 @@ from experiment.dataset import DatasetError
 from experiment.models import build_model
 from experiment.recorder import Recorder
 from experiment.task import Samples, compute_device, evaluate, test_data
+from flower_app import fast_linkstate
 from flower_app.checkpoint import (
     CLIENT_STATE,
     Checkpoint,
@@ -46,6 +47,7 @@ MB = 1e6
 
 def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
     """Build a ServerApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
+    fast_linkstate.install()  # where the simulation engine shares this process
     app = ServerApp()
 
     @app.main()
