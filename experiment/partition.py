@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datasets
 import numpy as np
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+from flwr_datasets.partitioner import DirichletPartitioner, Partitioner
 
 
 class ClassesPartitioner(Partitioner):
@@ -106,14 +106,15 @@ def split_indices(
         if num_partitions > groups:
             raise ValueError(f"cannot split {groups} natural clients among {num_partitions}")
         return [np.flatnonzero(labels == group) for group in range(num_partitions)]
+    if partitioner == "iid":
+        # IidPartitioner's contiguous shards of the shuffled table, cut here in one pass
+        # (a `load_partition` per client costs milliseconds: seconds at 10,000 clients)
+        order = np.random.default_rng([seed, 15485863]).permutation(len(labels))
+        return [np.sort(shard) for shard in np.array_split(order, num_partitions)]
     table = datasets.Dataset.from_dict(
         {"index": np.arange(len(labels)), "label": labels.astype(np.int64)}
     )
-    if partitioner == "iid":
-        order = np.random.default_rng([seed, 15485863]).permutation(len(labels))
-        table = table.select(order)  # IidPartitioner cuts contiguous shards
-        splitter: Partitioner = IidPartitioner(num_partitions)
-    elif partitioner == "dirichlet":
+    if partitioner == "dirichlet":
         splitter = DirichletPartitioner(
             num_partitions,
             partition_by="label",

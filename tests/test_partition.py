@@ -33,6 +33,23 @@ def test_iid_sizes_are_even_and_labels_mixed():
     assert all(len(np.unique(LABELS[p])) == 10 for p in parts)
 
 
+@pytest.mark.parametrize("clients", [3, 7, 100])
+def test_iid_shards_are_flwr_datasets_iid_partitions(clients):
+    # Prepare: what IidPartitioner gives on the shuffled table, one load_partition per client
+    import datasets
+    from flwr_datasets.partitioner import IidPartitioner
+
+    labels = np.arange(1003) % 10
+    order = np.random.default_rng([5, 15485863]).permutation(len(labels))
+    splitter = IidPartitioner(clients)
+    splitter.dataset = datasets.Dataset.from_dict({"index": order})
+    expected = [np.sort(splitter.load_partition(i)["index"]) for i in range(clients)]
+    # Execute
+    shards = split_indices(labels, "iid", clients, seed=5)
+    # Assert
+    assert [shard.tolist() for shard in shards] == [shard.tolist() for shard in expected]
+
+
 @pytest.mark.parametrize("classes_per_client", [1, 2, 5])
 def test_classes_per_client_honoured(classes_per_client):
     # 20 clients x 300 samples; label starts spread evenly, so no label runs out.
