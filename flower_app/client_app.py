@@ -21,6 +21,22 @@ from mods.topk_mod import topk_mod
 from protocol import keys
 
 
+class RebuiltClientApp(ClientApp):
+    """A ClientApp that pickles as the call that builds it.
+
+    Flower's simulation sends the ClientApp to a Ray actor with every message; pickled by
+    value, its closures (handlers, mods) cost cloudpickle a walk over their globals each time.
+    As `make_client_app(run_config)` it is a reference and a small dict.
+    """
+
+    def __init__(self, run_config: dict[str, Any] | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._run_config = run_config
+
+    def __reduce__(self) -> tuple:
+        return make_client_app, (self._run_config,)
+
+
 def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
     # the state mod outermost: it commits the state only when the reply left without error;
@@ -35,7 +51,7 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
         quant_mod,
         qsfl_mod,
     ]
-    app = ClientApp(mods=mods)
+    app = RebuiltClientApp(run_config, mods=mods)
     app.train("upload")(upload_segment)  # QSFL's phase 2: message type "train.upload"
 
     def setup(context: Context) -> tuple[ExperimentConfig, int, int]:
