@@ -1,18 +1,21 @@
-"""Flower app vs a bare single-process PyTorch loop doing the same FedAvg work.
+"""Flower app vs a bare single-process PyTorch loop doing the same FedAvg work, by size.
 
-Same clients, partitions, selection, model, local epochs and central evaluation. Prints the
-steady-state round time of each (rounds 2..R; round 1 warms caches and actors) and their
-ratio; the app's start-up (Ray, actors, discovery) is reported apart.
-Target (issue 2): app within 1.5x of the bare loop at 100 clients, 10 per round, 1 epoch.
+Same clients, partitions, selection, model, local work and central evaluation. For each case
+(the logistic model at 50 clients, 25 a round, one local epoch and one local step; the CNN at
+100 clients, 10 a round; Pythia-14m at 2 clients, one step, when transformers is installed)
+one table row: the steady round of each (median of rounds 2..R; round 1 warms caches and
+actors), their ratio, and the app's start-up (process start to round 1, read from its log).
+Targets (issue 21): start-up under 5 s for 10 clients; the logistic model within 1.3x of the
+bare loop at one epoch; the CNN within 1.1x.
 
-    python bench/bench_overhead.py [--clients 100] [--fraction 0.1] [--rounds 5] [--model cnn]
+    python bench/bench_overhead.py [--rounds 6] [--cases "logistic, 1 epoch" ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import run_app  # noqa: E402
 from experiment.config import parse, resolve, selected_count  # noqa: E402
 from experiment.models import build_model  # noqa: E402
 from experiment.task import client_data, evaluate, local_train, test_data  # noqa: E402
@@ -62,64 +65,57 @@ def bare_loop(overrides: dict, clients: int) -> list[float]:
     return times
 
 
-def app_run(overrides: dict, clients: int, output_dir: str) -> tuple[list[float], float]:
-    """The same work through the app (run_simulation); returns round times and total wall."""
-    run_config = " ".join(
-        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-        for k, v in (overrides | {"output-dir": output_dir}).items()
+CASES = {  # name: (clients, per round, run-config of the case)
+    "logistic, 1 epoch": (50, 25, {"model": "logistic", "local-epochs": 1}),
+    "logistic, 1 step": (50, 25, {"model": "logistic", "local-steps": 1}),
+    "cnn, 1 epoch": (100, 10, {"model": "cnn", "local-epochs": 1}),
+    "pythia-14m, 1 step": (
+        2,
+        2,
+        {"model": "pythia-14m", "dataset": "shakespeare", "local-steps": 1, "batch-size": 8},
+    ),
+}
+
+
+def measure(name: str, rounds: int, output: Path) -> dict:
+    """One case through the app and through the bare loop, side by side."""
+    clients, per_round, settings = CASES[name]
+    overrides = settings | {
+        "partitioner": "iid",
+        "num-server-rounds": rounds,
+        "fraction-train": per_round / clients,
+        "fraction-evaluate": 0.0,
+    }
+    text = " ".join(
+        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in overrides.items()
     )
-    start = time.perf_counter()
-    output = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flower_app.simulation",
-            "--num-supernodes",
-            str(clients),
-            "--run-config",
-            run_config,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    total = time.perf_counter() - start
-    if output.returncode != 0:
-        sys.exit(f"app run failed:\n{output.stderr[-3000:]}")
-    run_dir = Path(output.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
-    rounds = pd.read_csv(run_dir / "rounds.csv")
-    return rounds[rounds["round"] > 0]["wall_s"].tolist(), total
+    app = run_app(text, clients, output / name.replace(", ", "-").replace(" ", "-"))
+    bare = bare_loop(overrides, clients)
+    app_steady, bare_steady = statistics.median(app.round_s[1:]), statistics.median(bare[1:])
+    return {
+        "case": f"{name} ({clients} clients, {per_round} a round)",
+        "app_round_s": app_steady,
+        "bare_round_s": bare_steady,
+        "ratio": app_steady / bare_steady,
+        "app_startup_s": app.startup_s,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     args = parser.parse_args()
-    overrides = {
-        "model": args.model,
-        "partitioner": "iid",
-        "num-server-rounds": args.rounds,
-        "fraction-train": args.fraction,
-        "local-epochs": 1,
-    }
-    with tempfile.TemporaryDirectory() as output_dir:
-        app_rounds, app_total = app_run(overrides, args.clients, output_dir)
-    bare_rounds = bare_loop(overrides, args.clients)
-    app_steady = statistics.median(app_rounds[1:])
-    bare_steady = statistics.median(bare_rounds[1:])
-    print(
-        f"{args.clients} clients, {selected_count(args.clients, args.fraction)} per round, "
-        f"{args.model}, 1 local epoch, {args.rounds} rounds (median of rounds 2..{args.rounds})"
-    )
-    print(f"{'':24}{'app':>10}{'bare loop':>12}")
-    print(f"{'round 1 (warm-up) s':24}{app_rounds[0]:>10.2f}{bare_rounds[0]:>12.2f}")
-    print(f"{'steady round s':24}{app_steady:>10.2f}{bare_steady:>12.2f}")
-    print(f"{'app start-up s':24}{app_total - sum(app_rounds):>10.2f}")
-    print(f"ratio app / bare (steady): {app_steady / bare_steady:.2f}x (target <= 1.5x)")
+    cases = [
+        name
+        for name in args.cases
+        if not name.startswith("pythia") or importlib.util.find_spec("transformers")
+    ]
+    with tempfile.TemporaryDirectory() as output:
+        rows = [measure(name, args.rounds, Path(output)) for name in cases]
+    table = pd.DataFrame(rows)
+    print(f"steady round: median of rounds 2..{args.rounds}; start-up: process start to round 1")
+    print(table.round(3).to_string(index=False))
 
 
 if __name__ == "__main__":

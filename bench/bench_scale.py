@@ -16,29 +16,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import run_app  # noqa: E402
+
 PER_ROUND = 10
-
-
-def tree_rss(root: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants (those still alive)."""
-    total = 0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            total += process.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
 
 
 def run_size(model: str, clients: int, rounds: int, output: Path) -> dict:
@@ -46,40 +34,14 @@ def run_size(model: str, clients: int, rounds: int, output: Path) -> dict:
     settings = (
         f"model='{model}' strategy='stc' num-server-rounds={rounds} "
         f"fraction-train={PER_ROUND / clients} fraction-evaluate=0.0 local-steps=5 "
-        f"partitioner='iid' output-dir='{output}' run-name='{model}-{clients}'"
+        "partitioner='iid'"
     )
-    command = [sys.executable, "-m", "flower_app.simulation", "--num-supernodes", str(clients)]
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [*command, "--run-config", settings],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    peak, first_round = [0], [None]
-    root = psutil.Process(process.pid)
-
-    def sample() -> None:
-        while process.poll() is None:
-            peak[0] = max(peak[0], tree_rss(root))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    for line in process.stdout:
-        if first_round[0] is None and "[ROUND 1/" in line:
-            first_round[0] = time.perf_counter() - started
-    process.wait()
-    sampler.join()
-    if process.returncode != 0:
-        raise RuntimeError(f"{clients} clients: the run failed (exit {process.returncode})")
-    walls = pd.read_csv(output / f"{model}-{clients}" / "rounds.csv")["wall_s"].tolist()
+    run = run_app(settings, clients, output / f"{model}-{clients}")
     return {
         "clients": clients,
-        "startup_s": first_round[0],
-        "round_s": statistics.median(walls[2:]),  # rounds 2..R (row 0 is the initial model)
-        "peak_rss_gb": peak[0] / 1e9,
+        "startup_s": run.startup_s,
+        "round_s": statistics.median(run.round_s[1:]),  # rounds 2..R
+        "peak_rss_gb": run.peak_rss_bytes / 1e9,
     }
 
 
