@@ -55,8 +55,10 @@ def indexed_get(
     if limit is not None and limit < 1:
         raise AssertionError("`limit` must be >= 1")
     found: list[Message] = []
+    by_node = self.__dict__.setdefault(INDEX, {})
+    if not by_node.get(node_id):  # the usual answer, asked of every node every 0.1 s
+        return found
     with self.lock:
-        by_node = self.__dict__.setdefault(INDEX, {})
         for message_id in list(by_node.get(node_id, {})):
             self._check_stored_messages({message_id})
             message = self.message_ins_store.get(message_id)
@@ -69,7 +71,8 @@ def indexed_get(
                 found.append(message)
             if limit and len(found) == limit:
                 break
-    delivered_at = now().isoformat()
-    for message in found:
-        message.metadata.delivered_at = delivered_at
+    if found:
+        delivered_at = now().isoformat()
+        for message in found:
+            message.metadata.delivered_at = delivered_at
     return found
