@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -66,8 +66,14 @@ def load(run_dir: Path) -> Checkpoint | None:
     path = run_dir / CHECKPOINT
     if not path.is_file():
         return None
-    with path.open("rb") as file:
-        return pickle.load(file)  # noqa: S301 (the user's own run folder)
+    try:
+        with path.open("rb") as file:
+            return pickle.load(file)  # noqa: S301 (the user's own run folder)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
+        raise ConfigError(
+            f"resume=true: {path} cannot be read ({type(error).__name__}: {error}); allowed: "
+            "a checkpoint this version of the app wrote, or a new run-name"
+        ) from None
 
 
 def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
@@ -176,14 +182,18 @@ class ResumedRounds:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._strategy, name)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config, grid: Grid):
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self._strategy.configure_train(server_round + self._done, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies):
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
         return self._strategy.aggregate_train(server_round + self._done, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config, grid: Grid):
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self._strategy.configure_evaluate(server_round + self._done, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round: int, replies):
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> Any:
         return self._strategy.aggregate_evaluate(server_round + self._done, replies)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import shutil
 import sys
 import time
@@ -335,7 +334,7 @@ def resumable_rounds(run_dir: Path, overrides: dict[str, Any], clients: int) -> 
     try:
         checkpoint = load(run_dir)
         check_resumable(run_dir, parse(resolve(overrides)).to_flat())
-    except (ConfigError, OSError, ValueError, pickle.UnpicklingError, EOFError):
+    except (ConfigError, OSError, ValueError):
         return 0
     if checkpoint is None or checkpoint.clients != clients:
         return 0

@@ -60,6 +60,13 @@ def test_a_run_resumes_only_with_its_own_settings_and_unfinished(killed_run, tmp
         checkpoint.check_resumable(tmp_path / "nothing", settings)
 
 
+def test_an_unreadable_checkpoint_is_one_line(killed_run):
+    run_dir, settings = killed_run
+    (run_dir / "checkpoint.pkl").write_bytes(b"\x80\x05 not a pickle")
+    with pytest.raises(ConfigError, match=r"checkpoint.pkl cannot be read \(UnpicklingError"):
+        checkpoint.resume_point(run_dir, settings)
+
+
 def test_resume_overrides_are_the_runs_own_settings(killed_run):
     run_dir, settings = killed_run
     overrides = checkpoint.resume_overrides(run_dir)
