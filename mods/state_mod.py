@@ -70,7 +70,12 @@ class PartitionStates:
         return recorddict_from_proto(ProtoRecordDict.FromString(data))
 
     def save(self, server_round: int, state: RecordDict) -> None:
-        """Write `state` as round `server_round`'s (atomically); drop versions no one needs."""
+        """Write `state` as round `server_round`'s (atomically); drop versions no one needs.
+
+        A client that never held a state (FedAvg) writes nothing.
+        """
+        if not len(state) and not self.rounds():
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         temporary = self.folder / f"r{server_round}.state.tmp"
         temporary.write_bytes(recorddict_to_proto(state).SerializeToString())

@@ -81,6 +81,12 @@ def test_state_is_read_before_and_written_after_a_good_reply_only(linked):
     assert stored.rounds() == [1, 4]
 
 
+def test_a_client_without_state_writes_no_file(linked):
+    state_mod, run_dir = linked
+    state_mod(round_message(1), context(), lambda msg, c: Message(RecordDict(), reply_to=msg))
+    assert PartitionStates(run_dir / "client-state", 0).rounds() == []
+
+
 def test_without_the_link_the_state_stays_in_the_context(tmp_path):
     state_mod = make_state_mod({"output-dir": str(tmp_path)})
     ctx = context()
