@@ -136,6 +136,14 @@ def resume_overrides(run_dir: Path) -> dict[str, Any]:
     return stored | {"resume": True, "run-name": run_dir.name, "output-dir": str(run_dir.parent)}
 
 
+def resume_clients(run_dir: Path | None, given: int | None, default: int = 20) -> int:
+    """The number of clients for the command line: given, or a resumed run's own, or default."""
+    if given is not None:
+        return given
+    checkpoint = load(run_dir) if run_dir is not None else None
+    return checkpoint.clients if checkpoint is not None else default
+
+
 def link_client_states(run_dir: Path, link: Path) -> None:
     """Point the clients of this Flower run (`link`) at the run folder's client states."""
     folder = run_dir / CLIENT_STATE

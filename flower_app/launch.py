@@ -27,7 +27,7 @@ import tomli_w
 from flwr.common.config import unflatten_dict
 
 from experiment.config import PYPROJECT, ConfigError, resolve
-from flower_app.checkpoint import resume_overrides
+from flower_app.checkpoint import resume_clients, resume_overrides
 from flower_app.preflight import preflight
 from flower_app.processes import (
     FLWR_ROOT,
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line of the launcher (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-config", default="", help="k=v pairs, as for `flwr run`")
-    parser.add_argument("--num-supernodes", type=int, default=20)
+    parser.add_argument("--num-supernodes", type=int, help="default 20; a resumed run's own")
     parser.add_argument("--client-cpus", type=int, default=1)
     parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU fraction per client")
     parser.add_argument("--stop", action="store_true", help="stop leftover Flower daemons")
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     return command_line(
         lambda: run_flwr(
             resume_overrides(args.resume) if args.resume else parse_run_config(args.run_config),
-            args.num_supernodes,
+            resume_clients(args.resume, args.num_supernodes),
             args.client_cpus,
             args.client_gpus,
         )

@@ -25,7 +25,7 @@ import torch
 from experiment.config import ConfigError, resolve
 from experiment.dataset import DatasetError
 from experiment.task import compute_device
-from flower_app.checkpoint import resume_overrides
+from flower_app.checkpoint import resume_clients, resume_overrides
 from flower_app.preflight import preflight
 from flower_app.processes import new_home, ray_tmpdir, remove_home, start_watchdog, stop_trees
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: run one experiment; a config error is one line and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-config", default="", help="k=v pairs, as for `flwr run`")
-    parser.add_argument("--num-supernodes", type=int, default=20)
+    parser.add_argument("--num-supernodes", type=int, help="default 20; a resumed run's own")
     parser.add_argument("--client-cpus", type=float, default=1.0)
     parser.add_argument("--client-gpus", type=float, default=None)
     parser.add_argument("--resume", type=Path, help="a killed run's folder: go on from there")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         lambda: run_experiment(
             resume_overrides(args.resume) if args.resume else parse_run_config(args.run_config),
-            args.num_supernodes,
+            resume_clients(args.resume, args.num_supernodes),
             args.client_cpus,
             args.client_gpus,
         )

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,7 @@ class FakeGrid:
     def __init__(self, partitions: int, node_offset: int = 1000) -> None:
         self.partition_of_node = {node_offset + 7 * pid: pid for pid in range(partitions)}
         self.partitions = partitions
+        self.run = SimpleNamespace(run_id=77)  # what a ServerApp reads of Flower's Run
 
     def get_node_ids(self):
         return list(self.partition_of_node)

@@ -101,3 +101,11 @@ def test_a_strategy_state_after_a_round_pickles_and_restores(quant_strategy):
     assert fresh.ledger.run == strategy.ledger.run
     assert fresh.ledger.run.messages["up"] == 8  # 4 query replies, 4 updates
     assert "_down" not in state and "_decoded" not in state and "_global" not in state
+
+
+def test_a_resumed_run_keeps_its_number_of_clients_unless_told(killed_run, tmp_path):
+    run_dir, _ = killed_run  # checkpointed with 10 clients
+    assert checkpoint.resume_clients(run_dir, None) == 10
+    assert checkpoint.resume_clients(run_dir, 4) == 4  # then preflight says 4 is not 10
+    assert checkpoint.resume_clients(None, None) == 20  # no --resume: the default
+    assert checkpoint.resume_clients(tmp_path / "no-run", None) == 20  # no round finished
