@@ -92,7 +92,8 @@ def role_dataset(data_dir: str = "") -> Dataset:
 def byte_windows(text: bytes) -> np.ndarray:
     """The text cut into (n, WINDOW) uint8 windows; a tail shorter than a window is dropped."""
     count = len(text) // WINDOW
-    return np.frombuffer(text[: count * WINDOW], dtype=np.uint8).reshape(count, WINDOW).copy()
+    windows = np.frombuffer(text, dtype=np.uint8, count=count * WINDOW)
+    return windows.reshape(count, WINDOW).copy()  # frombuffer's array is read-only
 
 
 def grouped_windows(texts: list[str], groups: list) -> tuple[np.ndarray, np.ndarray]:

@@ -64,7 +64,7 @@ def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
 def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     """Run one experiment over `grid` and return its run folder."""
     config = parse(flat_config)
-    test_data(config)  # fails if missing
+    test = test_data(config).to(compute_device(config.device))  # fails if missing
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
     checkpoint = resume_point(run_dir, config.to_flat()) if config.resume else None
     recorder = Recorder(run_dir, resume=config.resume)
@@ -73,7 +73,7 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     link = state_link(config.output_dir, grid.run.run_id)
     link_client_states(run_dir, link)
     try:
-        return _train(grid, config, run_dir, recorder, checkpoint)
+        return _train(grid, config, test, run_dir, recorder, checkpoint)
     finally:
         link.unlink(missing_ok=True)
 
@@ -81,18 +81,16 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
 def _train(
     grid: Grid,
     config: ExperimentConfig,
+    test: Samples,
     run_dir: Path,
     recorder: Recorder,
     checkpoint: Checkpoint | None,
 ) -> Path:
     """Discover the clients, run (or resume) the rounds, write the summary."""
-    device = compute_device(config.device)
-    test = test_data(config).to(device)
-
     model = build_model(config.model, config.seed)
     initial = ArrayRecord(model.state_dict())
     model_bytes = dense_bytes(initial)
-    model.to(device)  # for the central evaluation
+    model.to(compute_device(config.device))  # for the central evaluation
     strategy = PRESETS[config.strategy](config, recorder)
     clients = strategy.discover_partitions(grid, logged=checkpoint is None)
     check_selection(config, clients)  # a deployment may have other nodes than expected

@@ -74,13 +74,14 @@ class PartitionStates:
 
         A client that never held a state (FedAvg) writes nothing.
         """
-        if not len(state) and not self.rounds():
+        stored = self.rounds()
+        if not len(state) and not stored:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         temporary = self.folder / f"r{server_round}.state.tmp"
         temporary.write_bytes(recorddict_to_proto(state).SerializeToString())
         os.replace(temporary, self._path(server_round))
-        before = [r for r in self.rounds() if r < server_round]
+        before = [r for r in stored if r < server_round]
         for old in before[:-1]:
             self._path(old).unlink()
 
