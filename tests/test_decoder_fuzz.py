@@ -92,7 +92,9 @@ def broken(draw, arrays: dict[str, np.ndarray]) -> dict:
         elif fault == "cast":
             arrays[name] = value.astype(draw(st.sampled_from(DTYPES)))
         elif fault == "view" and value.nbytes % 8 == 0:
-            arrays[name] = value.view(draw(st.sampled_from(DTYPES)))
+            # flat and contiguous: any dtype of up to 8 bytes then divides its bytes
+            flat = np.ascontiguousarray(value.reshape(-1))
+            arrays[name] = flat.view(draw(st.sampled_from(DTYPES)))
         elif fault == "reshape":
             arrays[name] = value.reshape(1, -1)
         elif fault == "view":
