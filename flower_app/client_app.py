@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -101,9 +102,17 @@ def received_model_and_data(
 ) -> tuple[torch.nn.Module, Samples]:
     """The model the server sent and this client's data, both on the configured device."""
     device = compute_device(config.device)
-    model = build_model(config.model, config.seed).to(device)
+    model = process_model(config.model, config.seed, device)
     model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     return model, client_data(config, partition_id, num_partitions).to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def process_model(name: str, seed: int, device: torch.device) -> torch.nn.Module:
+    """The model this process trains its clients' messages on, built once: every message
+    loads the server's weights into all of its parameters and buffers (a strict
+    `load_state_dict`), and one process runs one ClientApp at a time."""
+    return build_model(name, seed).to(device)
 
 
 app = make_client_app()

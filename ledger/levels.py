@@ -48,6 +48,7 @@ from flwr.supercore.inflatable.inflatable_object import (
     InflatableObject,
     get_all_nested_objects,
     get_object_tree,
+    no_object_id_recompute,
 )
 
 CANONICAL_ID = 2**63 + 1  # a uint64 id whose varint takes 10 bytes, the most common length
@@ -105,8 +106,9 @@ def measure(message: Message, direction: str, held: Set[str] = frozenset()) -> L
     another node pushed the same object this round) and are not sent again.
     """
     message = canonical(message)
-    objects = _objects(message)
-    exchanges = _exchanges(message, objects, direction, held)
+    with no_object_id_recompute():  # each object deflated and hashed once, as Flower pushes
+        objects = _objects(message)
+        exchanges = _exchanges(message, objects, direction, held)
     content = message.content if message.has_content() else RecordDict()
     return Levels(
         content_bytes=content_bytes(content),
@@ -134,7 +136,8 @@ def pushed_objects_bytes(obj: InflatableObject) -> int:
 
 def message_bytes(message: Message) -> int:
     """Bytes of every object of the message's tree, as Flower deflates them."""
-    return sum(len(body) for body in _objects(canonical(message)).values())
+    with no_object_id_recompute():
+        return sum(len(body) for body in _objects(canonical(message)).values())
 
 
 def exchanges_of(message: Message, direction: str) -> list[Exchange]:
