@@ -4,7 +4,8 @@ Downlink: a dense model, or the compressed deltas of the rounds the client misse
 the client's own copy of the global model (kept in `context.state`). The train handler then
 sees a dense model as usual. Uplink: the update (trained - received) goes through error
 feedback (residual in `context.state`) and STC; the reply carries the STC arrays in place
-of the dense model. Settings come from the message's ConfigRecord, read at call time.
+of the dense model, and says which model it trained from (its round and fingerprint). Settings
+come from the message's ConfigRecord, read at call time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedcodec import stc
 from mods.uplink import codec_config, to_record, train_and_encode, uplink_rng
 from protocol import keys
-from protocol.stc import CODEC, RESYNC, apply_catch_up
+from protocol.stc import CODEC, RESYNC, apply_catch_up, model_fingerprint
 
 
 def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -28,7 +29,7 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
     rng = uplink_rng(config, context)
     p, approx = float(config[keys.STC_P_UP]), float(config[keys.STC_APPROX])
     shapes = [value.shape for value in received.values()]
-    return train_and_encode(
+    reply = train_and_encode(
         msg,
         context,
         call_next,
@@ -37,6 +38,11 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
         lambda result: stc.decode(result, shapes),
         keys.STATE_RESIDUAL if config[keys.STC_ACCUMULATE_UP] else None,
     )
+    if not reply.has_error() and keys.METRICS in reply.content.metric_records:
+        metrics = reply.content.metric_records[keys.METRICS]
+        metrics[keys.MODEL_ROUND] = int(config[keys.SERVER_ROUND]) - 1
+        metrics[keys.MODEL_HASH] = model_fingerprint(received.values())
+    return reply
 
 
 def rebuild_global_model(msg: Message, context: Context) -> dict[str, np.ndarray]:

@@ -9,9 +9,16 @@ the client answered round r + 1's message (a client that raised kept its old sta
 discards the context of a failed ClientApp); the client skips the deltas it already applied
 (an answer that never reached the server); a client without a copy (a node that lost its
 state) fails with `RESYNC` in its reason, and the server sends it the dense model next time.
+Every reply says which model it trained from (`MODEL_ROUND` and `MODEL_HASH` in its metrics,
+`model_fingerprint`): one that differs from the server's (a corrupted or foreign copy) is
+rejected and its client gets the dense model next time, as does a partition whose node
+changed (a restarted SuperNode).
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -56,6 +63,14 @@ def apply_catch_up(
             model[name] += value
     del content[keys.DOWN]
     return model
+
+
+def model_fingerprint(tensors: Iterable[np.ndarray]) -> int:
+    """A 32-bit fingerprint of a model's float32 values, in order (BLAKE2b, 4 bytes)."""
+    digest = hashlib.blake2b(digest_size=4)
+    for tensor in tensors:
+        digest.update(np.ascontiguousarray(tensor, dtype=np.float32).tobytes())
+    return int.from_bytes(digest.digest(), "big")
 
 
 def codec_entries(p_up: float, approx: float, accumulate_up: bool, seed: int) -> dict:

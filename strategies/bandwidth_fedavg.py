@@ -101,13 +101,21 @@ class BandwidthFedAvg(FedAvg):
         self.partition_sizes = tuple(map(len, partition_indices(self.config, clients)))
         return clients
 
+    def rehomed(self, partition_ids: list[int]) -> None:
+        """Partitions now on another node, without the old node's state; here nothing to do."""
+
     # ------------------------------------------------------------------ training
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Select partitions (seeded) and send each the global model; log each message."""
+        """Select partitions (seeded) and send each the global model; log each message.
+
+        Nodes that joined since the last round are asked for their partition first.
+        """
         self._start_round(server_round)
         self.timer.begin_round()
+        timeout_s = self.config.round_timeout_s
+        self.rehomed(self.directory.refresh(grid, self.ledger, server_round, timeout_s))
         self._global = {name: array.numpy() for name, array in arrays.items()}
         self._global_shapes = {name: value.shape for name, value in self._global.items()}
         messages = self._broadcast(server_round, "train", arrays, config)
@@ -191,7 +199,7 @@ class BandwidthFedAvg(FedAvg):
             return "failed"
         problem = self._problem_in(reply)
         if problem:
-            log(WARNING, "node %s sent a malformed update (%s); left out", node_id, problem)
+            log(WARNING, "node %s: update left out (%s)", node_id, problem)
             return "rejected"
         return self.delivery_status(reply)
 

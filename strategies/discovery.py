@@ -1,17 +1,21 @@
-"""Which node holds which partition, learnt once by a partition-id query (phase `query`, round 0).
+"""Which node holds which partition, learnt by a partition-id query (phase `query`).
 
 Every node must report `partition-id` and `num-partitions` (its node config); together they
 must cover 0 .. num-partitions - 1 exactly once, all with the same num-partitions. Anything
 else is one `DiscoveryError` before round 1, naming the node and what is missing. Everything
-after discovery addresses partitions, never Flower's run-specific node ids.
+after discovery addresses partitions, never Flower's run-specific node ids. A node that joins
+later (a restarted SuperNode gets a new node id) is queried when the next round starts: its
+partition moves to it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from logging import WARNING
 
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid
 
 from ledger.book import Ledger
@@ -96,6 +100,7 @@ class Directory:
     def __init__(self) -> None:
         self.node_of: dict[int, int] = {}  # partition_id -> node_id
         self.partition_of: dict[int, int] = {}  # node_id -> partition_id
+        self.strangers: set[int] = set()  # nodes that joined later with no partition of ours
 
     def discover(self, grid: Grid, ledger: Ledger) -> int:
         """Ask every node for its partition id (one small real message each way, logged).
@@ -120,6 +125,52 @@ class Directory:
             time.sleep(NODE_POLL_S)
             node_ids = sorted(grid.get_node_ids())
 
+    def refresh(self, grid: Grid, ledger: Ledger, server_round: int, timeout_s: float) -> list[int]:
+        """Query the nodes that joined since the last look; returns the partitions that moved.
+
+        A node reporting a partition of this run takes it over from the node that had it (a
+        restarted SuperNode comes back under a new node id, without its state); a node with
+        no partition of this run, or no answer in `timeout_s`, is left out with a warning and
+        not asked again. The queries are logged in `server_round`.
+        """
+        new = [
+            node_id
+            for node_id in sorted(grid.get_node_ids())
+            if node_id not in self.partition_of and node_id not in self.strangers
+        ]
+        if not new:
+            return []
+        messages = [_query_message(node_id) for node_id in new]
+        replies = grid.send_and_receive(messages, timeout=timeout_s)
+        moved = []
+        for reply in sorted(replies, key=lambda reply: reply.metadata.src_node_id):
+            node_id = reply.metadata.src_node_id
+            report = None if reply.has_error() else partition_report(reply)
+            if report is None or report[1] != len(self.node_of) or report[0] not in self.node_of:
+                log(WARNING, "node %s joined with no partition of this run (%s)", node_id, report)
+                self.strangers.add(node_id)
+                continue
+            partition_id = report[0]
+            del self.partition_of[self.node_of[partition_id]]
+            log(
+                WARNING,
+                "partition %s moved from node %s to node %s",
+                partition_id,
+                self.node_of[partition_id],
+                node_id,
+            )
+            self.node_of[partition_id] = node_id
+            self.partition_of[node_id] = partition_id
+            moved.append(partition_id)
+        sent = {message.metadata.dst_node_id: message for message in messages}
+        exchanges = [(sent[reply.metadata.src_node_id], reply) for reply in replies]
+        silent = set(sent) - {reply.metadata.src_node_id for reply in replies}
+        if silent:
+            log(WARNING, "nodes %s joined but did not answer the query; left out", sorted(silent))
+            self.strangers |= silent
+        self._log(ledger, exchanges, server_round)  # a stranger's under partition -1
+        return sorted(moved)
+
     def partition(self, reply: Message) -> int:
         """The partition of a reply's sender (-1 for a node that is not known)."""
         return self.partition_of.get(reply.metadata.src_node_id, -1)
@@ -139,10 +190,7 @@ class Directory:
         and replies go to `exchanges`."""
         if not node_ids:
             return {}
-        messages = [
-            Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
-            for node_id in node_ids
-        ]
+        messages = [_query_message(node_id) for node_id in node_ids]
         replies = grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S)
         reports = {reply.metadata.src_node_id: partition_report(reply) for reply in replies}
         problem = setup_problem(known | reports)
@@ -155,12 +203,19 @@ class Directory:
         exchanges.extend((sent[reply.metadata.src_node_id], reply) for reply in replies)
         return reports
 
-    def _log(self, ledger: Ledger, exchanges: list[tuple[Message, Message]]) -> None:
+    def _log(
+        self, ledger: Ledger, exchanges: list[tuple[Message, Message]], server_round: int = 0
+    ) -> None:
         """Log every query and its reply in partition order, however the nodes came in."""
         for message, reply in sorted(exchanges, key=lambda pair: self.partition(pair[1])):
             partition_id = self.partition(reply)
-            ledger.sent(0, partition_id, "query", message, {})
-            ledger.replied(0, "query", partition_id, reply, "delivered", ledger.arrived(reply), {})
+            ledger.sent(server_round, partition_id, "query", message, {})
+            sizes = ledger.arrived(reply)
+            ledger.replied(server_round, "query", partition_id, reply, "delivered", sizes, {})
+
+
+def _query_message(node_id: int) -> Message:
+    return Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
 
 
 def partition_report(reply: Message) -> Report:

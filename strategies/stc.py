@@ -14,12 +14,20 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 
 from fedcodec import stc
 from fedcodec.feedback import error_feedback_step
 from ledger.levels import down_transport_bytes
 from protocol import keys
-from protocol.stc import CODEC, RESYNC, RESYNC_CODEC, catch_up_content, codec_entries
+from protocol.stc import (
+    CODEC,
+    RESYNC,
+    RESYNC_CODEC,
+    catch_up_content,
+    codec_entries,
+    model_fingerprint,
+)
 from strategies.accounting import dense_bytes, dense_fields
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
@@ -27,12 +35,29 @@ from strategies.coded import CodedFedAvg, DecodedUpdate
 class StcFedAvg(CodedFedAvg):
     """FedAvg with STC on both links, error feedback on each side, honest catch-up downlinks."""
 
+    round_only = (*CodedFedAvg.round_only, "_fingerprint", "_stale")
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.deltas: dict[int, stc.Encoded] = {}  # round -> the compressed delta it applied
         self.synced: dict[int, int] = {}  # partition -> round of the model it holds (answered)
         self._resync: set[int] = set()  # partitions that lost their copy: dense next time
         self.residual: list[np.ndarray] | None = None
+        self._fingerprint = 0  # of the global model the round's clients must train from
+        self._stale: dict[int, str] = {}  # partition -> why its update is left out this round
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = super().configure_train(server_round, arrays, config, grid)
+        self._fingerprint = model_fingerprint(self._global.values())
+        return messages
+
+    def rehomed(self, partition_ids: Iterable[int]) -> None:
+        """Partitions now on another node (its state is gone): the dense model next time."""
+        for partition_id in partition_ids:
+            self.synced.pop(partition_id, None)
+            self._resync.add(partition_id)
 
     # ---------------------------------------------------------------- downlink
     def downlink(
@@ -78,18 +103,49 @@ class StcFedAvg(CodedFedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Note who holds which model, then aggregate.
 
-        A client that answered holds this round's model, whatever the server makes of its
-        update; one that failed kept its old copy, unless it says it has none (`RESYNC`).
+        A client that answered from the server's model holds this round's model, whatever
+        the server makes of its update; one that failed kept its old copy, unless it says it
+        has none (`RESYNC`). One that trained from another model (round or fingerprint) is
+        left out and gets the dense model next time.
         """
         replies = list(replies)
+        self._stale = {}
         for reply in replies:
             partition_id = self._partition(reply)
-            if not reply.has_error():
+            if reply.has_error():
+                if RESYNC in reply.error.reason:
+                    self.rehomed([partition_id])
+                continue
+            problem = self._model_problem(server_round, reply)
+            if problem:
+                self._stale[partition_id] = problem
+                self.rehomed([partition_id])
+            else:
                 self.synced[partition_id] = server_round - 1
-            elif RESYNC in reply.error.reason:
-                self.synced.pop(partition_id, None)
-                self._resync.add(partition_id)
         return super().aggregate_train(server_round, replies)
+
+    def _model_problem(self, server_round: int, reply: Message) -> str:
+        """How the model a reply trained from differs from the server's ("" if it does not)."""
+        metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
+        said = (metrics.get(keys.MODEL_ROUND), metrics.get(keys.MODEL_HASH))
+        expected = (server_round - 1, self._fingerprint)
+        if said == expected:
+            return ""
+        return (
+            f"trained from model (round, fingerprint) {said}, not the server's {expected}: "
+            "the dense model follows"
+        )
+
+    def _problem_in(self, reply: Message) -> str:
+        """A reply from another model is left out; the others lose their model metrics (the
+        ledger measured them) and are checked as any update."""
+        stale = self._stale.get(self._partition(reply))
+        if stale:
+            return stale
+        metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
+        for key in (keys.MODEL_ROUND, keys.MODEL_HASH):
+            metrics.pop(key, None)
+        return super()._problem_in(reply)
 
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]

@@ -60,6 +60,15 @@ class FakeGrid:
     def get_node_ids(self):
         return list(self.partition_of_node)
 
+    def restart(self, partition_id: int) -> int:
+        """The node of `partition_id` comes back under a new node id (as a restarted
+        SuperNode); returns that id."""
+        old = next(node for node, pid in self.partition_of_node.items() if pid == partition_id)
+        del self.partition_of_node[old]
+        new = max(self.partition_of_node, default=old) + 1
+        self.partition_of_node[new] = partition_id
+        return new
+
     def send_and_receive(self, messages, timeout=None):
         replies = []
         for msg in messages:

@@ -14,6 +14,7 @@ from fedcodec import stc
 from ledger.levels import down_transport_bytes
 from mods.stc_mod import stc_mod
 from protocol import keys
+from protocol.stc import model_fingerprint
 from strategies import StcFedAvg
 from tests.support import (
     SHAPES,
@@ -54,6 +55,20 @@ def test_mod_compresses_the_update_and_keeps_the_residual():
     for (name, value), decoded in zip(step.items(), sent, strict=True):
         np.testing.assert_allclose(decoded + residual[name].numpy(), value, atol=1e-5)
     np.testing.assert_array_equal(seen[0]["w"], start["w"])  # training starts from what came
+
+
+def test_a_reply_says_which_model_it_trained_from():
+    # the fingerprint: BLAKE2b with a 4-byte digest of the float32 values in order, here the
+    # 12 bytes 00 00 80 3f | 00 00 00 c0 | 00 00 00 00 (1.0, -2.0, 0.0 little-endian)
+    tensors = [np.array([1.0, -2.0], np.float32), np.zeros((1, 1), np.float32)]
+    assert model_fingerprint(tensors) == 0xF9D3E8F2
+    start = random_model(0)
+    config = stc_config(**{keys.SERVER_ROUND: 4})
+    msg = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: config}))
+    reply = stc_mod(msg, context(), trainer(random_model(1), []))
+    metrics = reply.content[keys.METRICS]
+    assert metrics[keys.MODEL_ROUND] == 3  # round 4's message brings round 3's model
+    assert metrics[keys.MODEL_HASH] == model_fingerprint(start.values())
 
 
 def test_mod_applies_catch_up_deltas_to_its_own_copy():
@@ -262,3 +277,64 @@ def test_a_client_that_lost_its_copy_asks_for_and_gets_the_dense_model(stc_run):
         ("stc", "failed"),
         ("float32-resync", "delivered"),
     ]
+
+
+def test_a_client_whose_copy_differs_from_the_servers_is_left_out_and_resynced(stc_run):
+    strategy, grid, clients = stc_run
+    model = record(random_model(0))
+    model, _ = play_stc_round(strategy, grid, clients, model, 1)
+    # Execute: client 0's copy of the global model is corrupted (one weight off by 0.001)
+    own = {n: a.numpy().copy() for n, a in clients[0].state[keys.STATE_GLOBAL].items()}
+    own["w"][0, 0] += 1e-3
+    clients[0].state[keys.STATE_GLOBAL] = record(own)
+    model, trained_from = play_stc_round(strategy, grid, clients, model, 2)
+    assert trained_from[0]["w"][0, 0] != trained_from[1]["w"][0, 0]  # it trained from its copy
+    expected = model
+    model, trained_from = play_stc_round(strategy, grid, clients, model, 3)
+    # Assert: its round-2 update is rejected with the reason; round 3 sends it the dense model
+    # under its own label, and it trains from exactly the server's model
+    assert_trained_from(trained_from[0], expected)
+    rows = [
+        r for r in read_rows(strategy.recorder) if (r["phase"], r["partition_id"]) == ("train", "0")
+    ]
+    assert [(r["round"], r["direction"], r["codec"], r["status"]) for r in rows] == [
+        ("1", "down", "float32", "delivered"),
+        ("1", "up", "stc", "delivered"),
+        ("2", "down", "stc", "rejected"),
+        ("2", "up", "", "rejected"),
+        ("3", "down", "float32-resync", "delivered"),
+        ("3", "up", "stc", "delivered"),
+    ]
+    others = [r for r in read_rows(strategy.recorder) if r["partition_id"] != "0"]
+    assert {r["status"] for r in others} == {"delivered"}
+
+
+def test_a_partition_on_a_new_node_gets_the_dense_model_without_a_failed_round(stc_run):
+    strategy, grid, clients = stc_run
+    model = record(random_model(0))
+    model, _ = play_stc_round(strategy, grid, clients, model, 1)
+    old_node = strategy.directory.node_of[2]
+    # Execute: partition 2's SuperNode restarts: a new node id, no state
+    new_node = grid.restart(2)
+    clients[2] = context()
+    expected = model
+    model, trained_from = play_stc_round(strategy, grid, clients, model, 2)
+    # Assert: round 2 first asks the new node for its partition (logged), then sends it the
+    # dense model under its own label; it trains from exactly the server's model
+    assert strategy.directory.node_of[2] == new_node
+    assert old_node not in strategy.directory.partition_of
+    assert_trained_from(trained_from[2], expected)
+    rows = [
+        r for r in read_rows(strategy.recorder) if (r["round"], r["partition_id"]) == ("2", "2")
+    ]
+    assert [(r["phase"], r["direction"], r["codec"], r["status"]) for r in rows] == [
+        ("query", "down", "", "delivered"),
+        ("query", "up", "", "delivered"),
+        ("train", "down", "float32-resync", "delivered"),
+        ("train", "up", "stc", "delivered"),
+    ]
+    # a node with no partition of this run is asked once, logged, and left out
+    grid.partition_of_node[5000] = 9
+    assert strategy.directory.refresh(grid, strategy.ledger, 3, timeout_s=1.0) == []
+    assert strategy.directory.refresh(grid, strategy.ledger, 3, timeout_s=1.0) == []
+    assert 5000 in strategy.directory.strangers and len(strategy.directory.node_of) == 4
