@@ -16,10 +16,9 @@ in one group. A test window's label is unused (zero).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
-from flwr_datasets import FederatedDataset
 
 from experiment.dataset import (
     HUB_PREFIX,
@@ -29,6 +28,9 @@ from experiment.dataset import (
     input_kind,
 )
 from experiment.text import grouped_windows
+
+if TYPE_CHECKING:  # imported where a hub dataset is loaded: over a second of start-up
+    import datasets
 
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "hf-datasets"
 
@@ -47,6 +49,9 @@ def hub_dataset(name: str, image_column: str, label_column: str, text_column: st
 
 def _load_split(source: str, split: str) -> datasets.Dataset:
     """One split, from a `save_to_disk` folder or through FederatedDataset (id or Parquet)."""
+    import datasets
+    from flwr_datasets import FederatedDataset
+
     folder = Path(source)
     try:
         if (folder / "dataset_dict.json").is_file():

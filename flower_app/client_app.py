@@ -55,9 +55,11 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     app = RebuiltClientApp(run_config, mods=mods)
     app.train("upload")(upload_segment)  # QSFL's phase 2: message type "train.upload"
 
+    given = parse(run_config, server=False) if run_config else None  # once, not per message
+
     def setup(context: Context) -> tuple[ExperimentConfig, int, int]:
         torch.set_num_threads(1)  # one CPU per simulated client; several run side by side
-        config = parse(run_config or dict(context.run_config), server=False)
+        config = given or parse(dict(context.run_config), server=False)
         partition_id = int(context.node_config[keys.PARTITION_ID])
         num_partitions = int(context.node_config[keys.NUM_PARTITIONS])
         return config, partition_id, num_partitions

@@ -36,7 +36,6 @@ from flower_app.checkpoint import (
     run_rounds,
     save,
 )
-from flower_app.plots import write_run_plots
 from mods.state_mod import state_link
 from strategies import PRESETS, BandwidthFedAvg
 from strategies.accounting import dense_bytes
@@ -146,6 +145,8 @@ def _finish(
         }
     )
     _log_formula(bandwidth)
+    from flower_app.plots import write_run_plots  # matplotlib: a second, at the end only
+
     write_run_plots(run_dir)
     shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)  # checkpoint.pkl holds the model
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiment.partition import ClassesPartitioner, split_indices
+from experiment.classes_partitioner import ClassesPartitioner
+from experiment.partition import split_indices
 
 LABELS = np.repeat(np.arange(10), 600)  # 6000 samples, 600 per label (Fashion-MNIST / 10)
 
