@@ -91,7 +91,8 @@ def event(state: InMemoryLinkState, name: str) -> threading.Event:
 
 def pause(wake: threading.Event, spent_s: float, interval_s: float) -> None:
     """Wait `POLL_COST_RATIO` x `spent_s` (at most `interval_s`), then until `wake` is set or
-    `interval_s` has passed in all."""
+    `interval_s` has passed in all. `spent_s` is the poll's CPU time (`time.thread_time`): a
+    poll that waited for the GIL did not cost its wait."""
     gap_s = min(interval_s, POLL_COST_RATIO * spent_s)
     time.sleep(gap_s)
     wake.wait(interval_s - gap_s)
@@ -107,11 +108,11 @@ def woken_add_messages_to_queue(
     arrived = event(state, ARRIVED)
     while not f_stop.is_set():
         arrived.clear()  # before the sweep: a message stored during it wakes the next one
-        started = time.perf_counter()
+        started = time.thread_time()
         for node_id in nodes_mapping:
             for message in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(message)
-        pause(arrived, time.perf_counter() - started, ENGINE_INTERVAL_S)
+        pause(arrived, time.thread_time() - started, ENGINE_INTERVAL_S)
 
 
 def woken_send_and_receive(
@@ -125,13 +126,13 @@ def woken_send_and_receive(
     replies: list[Message] = []
     while timeout is None or time.time() < end_time:
         replied.clear()  # before the pull: a reply stored during it wakes the next one
-        started = time.perf_counter()
+        started = time.thread_time()
         found = list(self.pull_messages(message_ids))
         replies.extend(found)
         message_ids.difference_update(reply.metadata.reply_to_message_id for reply in found)
         if not message_ids:
             break
-        pause(replied, time.perf_counter() - started, self.pull_interval)
+        pause(replied, time.thread_time() - started, self.pull_interval)
     return replies
 
 

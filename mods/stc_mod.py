@@ -17,7 +17,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedcodec import stc
 from mods.uplink import codec_config, to_record, train_and_encode, uplink_rng
 from protocol import keys
-from protocol.stc import CODEC, RESYNC, apply_catch_up, model_fingerprint
+from protocol.stc import CODEC, RESYNC, apply_catch_up, model_version
 
 
 def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -39,9 +39,8 @@ def stc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
         keys.STATE_RESIDUAL if config[keys.STC_ACCUMULATE_UP] else None,
     )
     if not reply.has_error() and keys.METRICS in reply.content.metric_records:
-        metrics = reply.content.metric_records[keys.METRICS]
-        metrics[keys.MODEL_ROUND] = int(config[keys.SERVER_ROUND]) - 1
-        metrics[keys.MODEL_HASH] = model_fingerprint(received.values())
+        model_round = int(config[keys.SERVER_ROUND]) - 1
+        reply.content[keys.METRICS][keys.MODEL] = model_version(model_round, received.values())
     return reply
 
 

@@ -20,8 +20,7 @@ STC_ACCUMULATE_UP = "stc.accumulate-up"
 SEED = "seed"
 DOWN_ROUNDS = "down.rounds"  # rounds whose compressed deltas the "down" record carries, in order
 DOWN = "down"  # ArrayRecord of catch-up deltas: "<round>.bits", "<round>.header"
-MODEL_ROUND = "model-round"  # metric of an STC reply: the round of the model it trained from
-MODEL_HASH = "model-hash"  # metric of an STC reply: that model's fingerprint (protocol/stc.py)
+MODEL = "model"  # metric of an STC reply: the model it trained from (protocol/stc.py)
 
 # Quantized transmission (see protocol/quant.py): the uplink spec, and a quantized downlink
 QUANT_SCHEME = "quant.scheme"  # uniform | fixed | progressive | float

@@ -9,10 +9,10 @@ the client answered round r + 1's message (a client that raised kept its old sta
 discards the context of a failed ClientApp); the client skips the deltas it already applied
 (an answer that never reached the server); a client without a copy (a node that lost its
 state) fails with `RESYNC` in its reason, and the server sends it the dense model next time.
-Every reply says which model it trained from (`MODEL_ROUND` and `MODEL_HASH` in its metrics,
-`model_fingerprint`): one that differs from the server's (a corrupted or foreign copy) is
-rejected and its client gets the dense model next time, as does a partition whose node
-changed (a restarted SuperNode).
+Every reply says which model it trained from (metric `MODEL`: `model_version`, its round and
+fingerprint in one int64 entry, 13 bytes of content): one that differs from the server's (a
+corrupted or foreign copy) is rejected and its client gets the dense model next time, as does
+a partition whose node changed (a restarted SuperNode).
 """
 
 from __future__ import annotations
@@ -71,6 +71,18 @@ def model_fingerprint(tensors: Iterable[np.ndarray]) -> int:
     for tensor in tensors:
         digest.update(np.ascontiguousarray(tensor, dtype=np.float32).tobytes())
     return int.from_bytes(digest.digest(), "big")
+
+
+def model_version(model_round: int, tensors: Iterable[np.ndarray]) -> int:
+    """Round and fingerprint of a model in one int: `model_round` x 2**32 + fingerprint."""
+    return (model_round << 32) | model_fingerprint(tensors)
+
+
+def describe_version(version: object) -> str:
+    """A model version as words, for a log line."""
+    if not isinstance(version, int) or version < 0:
+        return f"no model version ({version!r})"
+    return f"round {version >> 32}'s model (fingerprint {version & 0xFFFFFFFF:08x})"
 
 
 def codec_entries(p_up: float, approx: float, accumulate_up: bool, seed: int) -> dict:

@@ -26,7 +26,8 @@ from protocol.stc import (
     RESYNC_CODEC,
     catch_up_content,
     codec_entries,
-    model_fingerprint,
+    describe_version,
+    model_version,
 )
 from strategies.accounting import dense_bytes, dense_fields
 from strategies.coded import CodedFedAvg, DecodedUpdate
@@ -35,7 +36,7 @@ from strategies.coded import CodedFedAvg, DecodedUpdate
 class StcFedAvg(CodedFedAvg):
     """FedAvg with STC on both links, error feedback on each side, honest catch-up downlinks."""
 
-    round_only = (*CodedFedAvg.round_only, "_fingerprint", "_stale")
+    round_only = (*CodedFedAvg.round_only, "_version", "_stale")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -43,21 +44,25 @@ class StcFedAvg(CodedFedAvg):
         self.synced: dict[int, int] = {}  # partition -> round of the model it holds (answered)
         self._resync: set[int] = set()  # partitions that lost their copy: dense next time
         self.residual: list[np.ndarray] | None = None
-        self._fingerprint = 0  # of the global model the round's clients must train from
+        self._version = 0  # of the global model the round's clients must train from
         self._stale: dict[int, str] = {}  # partition -> why its update is left out this round
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = super().configure_train(server_round, arrays, config, grid)
-        self._fingerprint = model_fingerprint(self._global.values())
+        self._version = model_version(server_round - 1, self._global.values())
         return messages
 
     def rehomed(self, partition_ids: Iterable[int]) -> None:
         """Partitions now on another node (its state is gone): the dense model next time."""
         for partition_id in partition_ids:
-            self.synced.pop(partition_id, None)
-            self._resync.add(partition_id)
+            self._send_dense(partition_id)
+
+    def _send_dense(self, partition_id: int) -> None:
+        """The client holds no usable copy: its next train message is the dense model."""
+        self.synced.pop(partition_id, None)
+        self._resync.add(partition_id)
 
     # ---------------------------------------------------------------- downlink
     def downlink(
@@ -114,37 +119,35 @@ class StcFedAvg(CodedFedAvg):
             partition_id = self._partition(reply)
             if reply.has_error():
                 if RESYNC in reply.error.reason:
-                    self.rehomed([partition_id])
+                    self._send_dense(partition_id)
                 continue
-            problem = self._model_problem(server_round, reply)
+            problem = self._model_problem(reply)
             if problem:
                 self._stale[partition_id] = problem
-                self.rehomed([partition_id])
+                self._send_dense(partition_id)
             else:
                 self.synced[partition_id] = server_round - 1
         return super().aggregate_train(server_round, replies)
 
-    def _model_problem(self, server_round: int, reply: Message) -> str:
+    def _model_problem(self, reply: Message) -> str:
         """How the model a reply trained from differs from the server's ("" if it does not)."""
         metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
-        said = (metrics.get(keys.MODEL_ROUND), metrics.get(keys.MODEL_HASH))
-        expected = (server_round - 1, self._fingerprint)
-        if said == expected:
+        said = metrics.get(keys.MODEL)
+        if said == self._version:
             return ""
         return (
-            f"trained from model (round, fingerprint) {said}, not the server's {expected}: "
-            "the dense model follows"
+            f"trained from {describe_version(said)}, not the server's "
+            f"{describe_version(self._version)}: the dense model follows"
         )
 
     def _problem_in(self, reply: Message) -> str:
-        """A reply from another model is left out; the others lose their model metrics (the
-        ledger measured them) and are checked as any update."""
+        """A reply from another model is left out; the others lose their `MODEL` metric (the
+        ledger measured it) and are checked as any update."""
         stale = self._stale.get(self._partition(reply))
         if stale:
             return stale
         metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
-        for key in (keys.MODEL_ROUND, keys.MODEL_HASH):
-            metrics.pop(key, None)
+        metrics.pop(keys.MODEL, None)
         return super()._problem_in(reply)
 
     def decode_update(

@@ -66,9 +66,8 @@ def test_a_reply_says_which_model_it_trained_from():
     config = stc_config(**{keys.SERVER_ROUND: 4})
     msg = train_message(RecordDict({keys.ARRAYS: record(start), keys.CONFIG: config}))
     reply = stc_mod(msg, context(), trainer(random_model(1), []))
-    metrics = reply.content[keys.METRICS]
-    assert metrics[keys.MODEL_ROUND] == 3  # round 4's message brings round 3's model
-    assert metrics[keys.MODEL_HASH] == model_fingerprint(start.values())
+    # round 4's message brings round 3's model: 3 x 2**32 + its fingerprint
+    assert reply.content[keys.METRICS][keys.MODEL] == 3 * 2**32 + model_fingerprint(start.values())
 
 
 def test_mod_applies_catch_up_deltas_to_its_own_copy():
