@@ -5,7 +5,14 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-from flower_app.fast_linkstate import FLOWER_GET, INDEX, indexed_get
+from flower_app.fast_linkstate import (
+    FLOWER_GET,
+    INDEX,
+    REPLIED,
+    event,
+    indexed_get,
+    woken_send_and_receive,
+)
 
 
 class FakeState:
@@ -53,3 +60,42 @@ def test_the_indexed_lookup_returns_what_flowers_returns_and_checks_only_the_nod
 
 def ids_of(state: FakeState, messages: list) -> list[str]:
     return [next(k for k, m in state.message_ins_store.items() if m is g) for g in messages]
+
+
+class FakeGrid:
+    """What the woken pull uses of InMemoryGrid: push, pull, the state, the pull interval.
+    Replies are stored by another thread, one at a time, each signalled as Flower's store."""
+
+    def __init__(self, answered: list[str], interval_s: float) -> None:
+        self.state = SimpleNamespace()
+        self.pull_interval = interval_s
+        self.answered, self.stored, self.pulls = answered, [], 0
+
+    def push_messages(self, messages):
+        def answer():
+            for message_id in self.answered:
+                self.stored.append(
+                    SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=message_id))
+                )
+                event(self.state, REPLIED).set()
+
+        threading.Timer(0.01, answer).start()
+        return [message.id for message in messages]
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        found = [r for r in self.stored if r.metadata.reply_to_message_id in message_ids]
+        self.stored = [r for r in self.stored if r not in found]
+        return found
+
+
+def test_the_woken_pull_returns_every_reply_and_gives_up_at_the_timeout():
+    messages = [SimpleNamespace(id=name) for name in ("a", "b", "c")]
+    # Execute: every message answered (a pull interval of a minute: only wake-ups end the
+    # waits), then one never answered
+    grid = FakeGrid(["c", "a", "b"], interval_s=60.0)
+    replies = woken_send_and_receive(grid, messages, timeout=30.0)
+    partial = woken_send_and_receive(FakeGrid(["b"], 0.05), messages, timeout=0.3)
+    # Assert: all three, in arrival order, long before a minute; then the one that came
+    assert [r.metadata.reply_to_message_id for r in replies] == ["c", "a", "b"]
+    assert [r.metadata.reply_to_message_id for r in partial] == ["b"]
