@@ -69,6 +69,7 @@ class Deployment:
     auth: bool = False
     started: list[psutil.Process] = field(default_factory=list)
     meters: list[ByteMeter] = field(default_factory=list)
+    nodes: dict[int, tuple[psutil.Process, list[str], Path]] = field(default_factory=dict)
 
     def start(self) -> None:
         """Start the SuperLink, register the nodes' keys (auth), start the SuperNodes."""
@@ -83,6 +84,20 @@ class Deployment:
         write_connection(self.home, connection)
         for partition_id in range(self.num_supernodes):
             self._start_supernode(partition_id, port, node_args)
+
+    def restart_supernode(self, partition_id: int) -> None:
+        """Stop partition `partition_id`'s SuperNode by pid and start it again, as a node that
+        crashed and came back: same node config and meter, a Flower home of its own, so a new
+        node id and no state."""
+        process, command, home = self.nodes[partition_id]
+        stop_trees([process])
+        again = home.with_name(f"{home.name}-again")
+        again.mkdir()
+        command = [*command[: command.index("--port") + 1], str(free_port())]
+        command += ["--node-config", self._node_config(partition_id)]
+        process = start_daemon(command, flower_env(again), again / "supernode.log")
+        self.started.append(process)
+        self.nodes[partition_id] = (process, command, again)
 
     def stop(self) -> list[int]:
         """Stop every process of the deployment, by pid, and the meters; return the pids."""
@@ -141,7 +156,6 @@ class Deployment:
             private, public = write_node_key(self.home / "certs", node_home.name)
             self._register(public)
             args = [*args, "--auth-supernode-private-key", str(private)]
-        node_config = f"partition-id={partition_id} num-partitions={self.num_supernodes}"
         meter = ByteMeter(superlink_port, parse_http=not self.tls)
         self.meters.append(meter)
         command = [
@@ -152,9 +166,14 @@ class Deployment:
             "--port",
             str(free_port()),
             "--node-config",
-            node_config,
+            self._node_config(partition_id),
         ]
-        self.started.append(start_daemon(command, env, node_home / "supernode.log"))
+        process = start_daemon(command, env, node_home / "supernode.log")
+        self.started.append(process)
+        self.nodes[partition_id] = (process, command[:-2], node_home)
+
+    def _node_config(self, partition_id: int) -> str:
+        return f"partition-id={partition_id} num-partitions={self.num_supernodes}"
 
     def _register(self, public_key: Path) -> None:
         command = [flower_command("flwr"), "supernode", "register", str(public_key), CONNECTION]
