@@ -69,7 +69,7 @@ class Deployment:
     auth: bool = False
     started: list[psutil.Process] = field(default_factory=list)
     meters: list[ByteMeter] = field(default_factory=list)
-    nodes: dict[int, tuple[psutil.Process, list[str], Path]] = field(default_factory=dict)
+    nodes: dict[int, tuple[psutil.Process, list[str], int]] = field(default_factory=dict)
 
     def start(self) -> None:
         """Start the SuperLink, register the nodes' keys (auth), start the SuperNodes."""
@@ -89,15 +89,11 @@ class Deployment:
         """Stop partition `partition_id`'s SuperNode by pid and start it again, as a node that
         crashed and came back: same node config and meter, a Flower home of its own, so a new
         node id and no state."""
-        process, command, home = self.nodes[partition_id]
+        process, args, meter_port = self.nodes[partition_id]
         stop_trees([process])
-        again = home.with_name(f"{home.name}-again")
-        again.mkdir()
-        command = [*command[: command.index("--port") + 1], str(free_port())]
-        command += ["--node-config", self._node_config(partition_id)]
-        process = start_daemon(command, flower_env(again), again / "supernode.log")
-        self.started.append(process)
-        self.nodes[partition_id] = (process, command, again)
+        home = self.home / f"supernode-{partition_id}-again"
+        home.mkdir()
+        self._launch_supernode(partition_id, args, meter_port, home)
 
     def stop(self) -> list[int]:
         """Stop every process of the deployment, by pid, and the meters; return the pids."""
@@ -151,29 +147,32 @@ class Deployment:
     def _start_supernode(self, partition_id: int, superlink_port: int, args: list[str]) -> None:
         node_home = self.home / f"supernode-{partition_id}"
         node_home.mkdir()
-        env = flower_env(node_home)
         if self.auth:
             private, public = write_node_key(self.home / "certs", node_home.name)
             self._register(public)
             args = [*args, "--auth-supernode-private-key", str(private)]
         meter = ByteMeter(superlink_port, parse_http=not self.tls)
         self.meters.append(meter)
+        self._launch_supernode(partition_id, args, meter.port, node_home)
+
+    def _launch_supernode(
+        self, partition_id: int, args: list[str], meter_port: int, home: Path
+    ) -> None:
+        """Start partition `partition_id`'s SuperNode with its Flower home in `home`, reaching
+        the SuperLink through the meter on `meter_port`."""
         command = [
             flower_command("flower-supernode"),
             *args,
             "--superlink",
-            f"{LOOPBACK}:{meter.port}",
+            f"{LOOPBACK}:{meter_port}",
             "--port",
             str(free_port()),
             "--node-config",
-            self._node_config(partition_id),
+            f"partition-id={partition_id} num-partitions={self.num_supernodes}",
         ]
-        process = start_daemon(command, env, node_home / "supernode.log")
+        process = start_daemon(command, flower_env(home), home / "supernode.log")
         self.started.append(process)
-        self.nodes[partition_id] = (process, command[:-2], node_home)
-
-    def _node_config(self, partition_id: int) -> str:
-        return f"partition-id={partition_id} num-partitions={self.num_supernodes}"
+        self.nodes[partition_id] = (process, args, meter_port)
 
     def _register(self, public_key: Path) -> None:
         command = [flower_command("flwr"), "supernode", "register", str(public_key), CONNECTION]

@@ -100,8 +100,8 @@ def event(state: InMemoryLinkState, name: str) -> threading.Event:
 
 def pause(wake: threading.Event, spent_s: float, interval_s: float) -> None:
     """Wait `POLL_COST_RATIO` x `spent_s`, then until `wake` is set or `interval_s` has passed
-    in all. `spent_s` is the poll's CPU time (`time.thread_time`): a
-    poll that waited for the GIL did not cost its wait."""
+    in all. `spent_s` is the poll's CPU time (`time.thread_time`): a poll that waited for the
+    GIL did not cost its wait."""
     gap_s = POLL_COST_RATIO * spent_s
     time.sleep(gap_s)
     if gap_s < interval_s:

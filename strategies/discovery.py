@@ -140,10 +140,9 @@ class Directory:
         ]
         if not new:
             return []
-        messages = [_query_message(node_id) for node_id in new]
-        replies = grid.send_and_receive(messages, timeout=timeout_s)
+        exchanges = _ask(grid, new, timeout_s)
         moved = []
-        for reply in sorted(replies, key=lambda reply: reply.metadata.src_node_id):
+        for _, reply in sorted(exchanges, key=lambda pair: pair[1].metadata.src_node_id):
             node_id = reply.metadata.src_node_id
             report = None if reply.has_error() else partition_report(reply)
             if report is None or report[1] != len(self.node_of) or report[0] not in self.node_of:
@@ -162,9 +161,7 @@ class Directory:
             self.node_of[partition_id] = node_id
             self.partition_of[node_id] = partition_id
             moved.append(partition_id)
-        sent = {message.metadata.dst_node_id: message for message in messages}
-        exchanges = [(sent[reply.metadata.src_node_id], reply) for reply in replies]
-        silent = set(sent) - {reply.metadata.src_node_id for reply in replies}
+        silent = set(new) - {reply.metadata.src_node_id for _, reply in exchanges}
         if silent:
             log(WARNING, "nodes %s joined but did not answer the query; left out", sorted(silent))
             self.strangers |= silent
@@ -190,17 +187,15 @@ class Directory:
         and replies go to `exchanges`."""
         if not node_ids:
             return {}
-        messages = [_query_message(node_id) for node_id in node_ids]
-        replies = grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S)
-        reports = {reply.metadata.src_node_id: partition_report(reply) for reply in replies}
+        answered = _ask(grid, node_ids, QUERY_TIMEOUT_S)
+        reports = {reply.metadata.src_node_id: partition_report(reply) for _, reply in answered}
         problem = setup_problem(known | reports)
         if problem:
             raise DiscoveryError(problem)
         for node_id, (partition_id, _) in reports.items():
             self.node_of[partition_id] = node_id
             self.partition_of[node_id] = partition_id
-        sent = {message.metadata.dst_node_id: message for message in messages}
-        exchanges.extend((sent[reply.metadata.src_node_id], reply) for reply in replies)
+        exchanges.extend(answered)
         return reports
 
     def _log(
@@ -214,8 +209,14 @@ class Directory:
             ledger.replied(server_round, "query", partition_id, reply, "delivered", sizes, {})
 
 
-def _query_message(node_id: int) -> Message:
-    return Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
+def _ask(grid: Grid, node_ids: list[int], timeout_s: float) -> list[tuple[Message, Message]]:
+    """Send each node the partition-id query; (query, reply) for every reply that came."""
+    sent = {
+        node_id: Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
+        for node_id in node_ids
+    }
+    replies = grid.send_and_receive(list(sent.values()), timeout=timeout_s)
+    return [(sent[reply.metadata.src_node_id], reply) for reply in replies]
 
 
 def partition_report(reply: Message) -> Report:
