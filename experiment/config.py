@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from experiment.dataset import HUB_PREFIX
 from fedcodec.quant import CODE_BITS, QuantSpec
 from netsim.rounds import POLICIES
+from protocol.wire import LAYOUTS
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -73,6 +74,12 @@ class StcConfig(_Frozen):
     accumulate_up: bool
     accumulate_down: bool
     approx: Fraction
+
+
+class WireConfig(_Frozen):
+    """`wire.*`: how messages travel (protocol/wire.py)."""
+
+    layout: Literal[LAYOUTS]  # type: ignore[valid-type]
 
 
 class TopkConfig(_Frozen):
@@ -277,6 +284,7 @@ class ExperimentConfig(_Frozen):
     output_dir: str
     run_name: str
     resume: bool
+    wire: WireConfig
     stc: StcConfig
     topk: TopkConfig
     quant: QuantConfig

@@ -15,10 +15,10 @@ from experiment.task import Samples, client_data, compute_device, evaluate, loca
 from mods.fault_mod import make_fault_mod
 from mods.qsfl_mod import qsfl_mod, upload_segment
 from mods.quant_mod import quant_mod
-from mods.size_mod import payload_size_mod
 from mods.state_mod import make_state_mod
 from mods.stc_mod import stc_mod
 from mods.topk_mod import topk_mod
+from mods.wire_mod import wire_mod
 from protocol import keys
 
 
@@ -41,11 +41,11 @@ class RebuiltClientApp(ClientApp):
 def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
     # the state mod outermost: it commits the state only when the reply left without error;
-    # then the size mod: it measures the message before decoding and the reply after
+    # then the wire mod: it unpacks and measures the message before decoding and the reply after
     # encoding (and after an injected fault, if any: faults.*)
     mods = [
         make_state_mod(run_config),
-        payload_size_mod,
+        wire_mod,
         make_fault_mod(run_config),
         stc_mod,
         topk_mod,

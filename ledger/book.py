@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from flwr.app import Message
 
-from ledger.levels import Levels, measure
-from protocol import keys
+from ledger.levels import Levels, late_transport_bytes, measure
+from protocol import keys, wire
 
 LEVELS = ("payload", "content", "message", "transport")
 DIRECTIONS = ("down", "up")
@@ -49,11 +49,14 @@ SimTimes = Callable[[int, str, str, str], tuple[float | str, float | str]]
 
 @dataclass
 class ReplySizes:
-    """A reply as it arrived: its levels and the sizes the client measured on its side."""
+    """A reply as it arrived: its levels, its frame and the sizes the client measured."""
 
     levels: Levels
     client_down_bytes: int | str = ""
     client_up_bytes: int | str = ""
+    late_transport_bytes: int = 0  # of the arrays that travel last (a refinement)
+    frame_codec: str = ""  # the codec a compact reply's frame names ("" in Flower's layout)
+    frame_problem: str = ""  # why a compact reply does not unpack ("" when it does)
 
 
 @dataclass
@@ -147,14 +150,27 @@ class Ledger:
         }
 
     def arrived(self, reply: Message) -> ReplySizes:
-        """Measure a reply as it arrived, then take the client's own sizes out of its metrics.
+        """Measure a reply as it arrived, open its frame, take the client's sizes out of it.
 
-        Call it in partition order: an object that an earlier reply of the round carried is
-        at the SuperLink already and costs this reply no push (Flower's content addressing).
+        A compact reply (protocol/wire.py) is measured as it travelled, then replaced by the
+        records it carries; one that does not unpack keeps its content and says why in
+        `frame_problem`. Call it in partition order: an object that an earlier reply of the
+        round carried is at the SuperLink already and costs this reply no push (Flower's
+        content addressing).
         """
         reply_sizes = ReplySizes(measure(reply, "up", self._pushed))
         self._pushed |= reply_sizes.levels.object_ids
-        if reply.has_error() or keys.METRICS not in reply.content.metric_records:
+        if reply.has_error():
+            return reply_sizes
+        reply_sizes.late_transport_bytes = late_transport_bytes(reply.content)
+        if wire.is_packed(reply.content):
+            try:
+                unpacked = wire.unpack(reply.content)
+            except wire.FrameError as error:
+                reply_sizes.frame_problem = f"malformed frame: {error}"
+                return reply_sizes
+            reply.content, reply_sizes.frame_codec = unpacked.content, unpacked.codec
+        if keys.METRICS not in reply.content.metric_records:
             return reply_sizes
         metrics = reply.content.metric_records[keys.METRICS]
         client = [metrics.pop(key, None) for key in CLIENT_KEYS]

@@ -51,6 +51,8 @@ from flwr.supercore.inflatable.inflatable_object import (
     no_object_id_recompute,
 )
 
+from protocol import keys, wire
+
 CANONICAL_ID = 2**63 + 1  # a uint64 id whose varint takes 10 bytes, the most common length
 REPLY_TO_ID = "0" * 64  # message ids are object ids: sha256 hex digests
 SESSION_ID = "00000000-0000-4000-8000-000000000000"  # a uuid4 string, as Flower's push sessions
@@ -132,6 +134,18 @@ def pushed_objects_bytes(obj: InflatableObject) -> int:
         for object_id, child in get_all_nested_objects(obj).items()
     ]
     return sum(e.up_bytes + e.down_bytes for e in exchanges)
+
+
+def late_transport_bytes(content: RecordDict) -> int:
+    """Transport bytes of the arrays that travel last (protocol.wire.LATE_ARRAYS), pushed after
+    the rest of the message: a progressive refinement, which may miss a deadline."""
+    late = wire.late_record(content)
+    if late is not None:
+        return pushed_objects_bytes(late)
+    arrays = content.array_records.get(keys.ARRAYS)
+    if wire.is_packed(content) or arrays is None:
+        return 0
+    return sum(pushed_objects_bytes(arrays[name]) for name in wire.LATE_ARRAYS if name in arrays)
 
 
 def message_bytes(message: Message) -> int:

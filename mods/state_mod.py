@@ -22,7 +22,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.serde import ProtoRecordDict, recorddict_from_proto, recorddict_to_proto
 
-from protocol import keys
+from protocol import keys, wire
 
 LINKS = ".client-state"  # under output-dir: one link per Flower run id
 
@@ -36,7 +36,7 @@ def make_state_mod(run_config: dict[str, Any] | None = None) -> Mod:
     """The mod, reading `output-dir` from `run_config` (or the context's, when None)."""
 
     def state_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        config = msg.content.config_records.get(keys.CONFIG)
+        config = wire.scalars(msg.content)  # read before the wire mod unpacks the message
         if not msg.metadata.message_type.startswith(MessageType.TRAIN) or config is None:
             return call_next(msg, context)
         output_dir = (run_config or dict(context.run_config)).get("output-dir", "outputs")

@@ -50,7 +50,7 @@ QSFL_TOP_P = "qsfl.top-p"
 QSFL_QUANTIZE = "qsfl.quantize"  # the segment goes through the quant.* entries of the request
 RELEVANCE = "relevance"  # metric: fraction of entries whose signs agree
 
-# Measured by the payload-size mod (mods/size_mod.py) into the reply's metrics, at the message
+# Measured by the wire mod (mods/wire_mod.py) into the reply's metrics, at the message
 # level; read and removed by the strategies before the metrics are checked or averaged
 CLIENT_DOWN_BYTES = "client-down-message-bytes"  # the message the client received
 CLIENT_UP_BYTES = "client-up-message-bytes"  # the reply as it left (these entries included)

@@ -27,7 +27,7 @@ from experiment.config import ExperimentConfig
 from experiment.recorder import Recorder
 from experiment.task import partition_indices, samples_processed
 from ledger.book import Ledger, ReplySizes
-from protocol import keys
+from protocol import keys, wire
 from strategies.accounting import dense_fields
 from strategies.discovery import Directory
 from strategies.network import NetworkClock, RoundTimer, Upload
@@ -129,12 +129,13 @@ class BandwidthFedAvg(FedAvg):
         accepted = []
         replies = self._sorted(replies)
         sizes = [self.ledger.arrived(reply) for reply in replies]
+        self.opened(server_round, replies)
         network_status = self._time_round(self.upload_phase, replies, sizes)
         statuses = [
             "dropped"
             if network_status.get(self._partition(reply)) == "dropped"
-            else self._check_train_reply(reply)
-            for reply in replies
+            else self._check_train_reply(reply, reply_sizes)
+            for reply, reply_sizes in zip(replies, sizes, strict=True)
         ]
         self._reject_outliers(replies, statuses)
         for reply, reply_sizes, status in zip(replies, sizes, statuses, strict=True):
@@ -151,6 +152,10 @@ class BandwidthFedAvg(FedAvg):
             self._round["train_loss"] = float(metrics.get(keys.TRAIN_LOSS, float("nan")))
         return arrays, metrics
 
+    def opened(self, server_round: int, replies: list[Message]) -> None:
+        """The replies of the upload phase, measured and in Flower's layout, before any check;
+        here nothing to note."""
+
     def _time_round(
         self, phase: str, replies: list[Message], sizes: list[ReplySizes]
     ) -> dict[int, str]:
@@ -163,7 +168,7 @@ class BandwidthFedAvg(FedAvg):
             self._partition(reply): Upload(
                 self._samples(reply) if phase == "train" else 0,
                 8 * reply_sizes.levels.transport_bytes,
-                8 * self.refinement_bytes(reply),
+                8 * reply_sizes.late_transport_bytes,
                 reply_sizes.levels.requests,
             )
             for reply, reply_sizes in zip(replies, sizes, strict=True)
@@ -181,23 +186,19 @@ class BandwidthFedAvg(FedAvg):
         c = self.config
         return samples_processed(int(examples), c.batch_size, c.local_epochs, c.local_steps)
 
-    def refinement_bytes(self, reply: Message) -> int:
-        """Bytes of a reply that may arrive late or never (sent last); here none."""
-        return 0
-
     def aggregate_updates(
         self, server_round: int, accepted: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Combine the accepted replies (in partition order); here FedAvg's weighted mean."""
         return super().aggregate_train(server_round, accepted)
 
-    def _check_train_reply(self, reply: Message) -> str:
+    def _check_train_reply(self, reply: Message, reply_sizes: ReplySizes) -> str:
         """`delivered` (or `partial`), or `failed` / `rejected` with a warning saying why."""
         node_id = reply.metadata.src_node_id
         if reply.has_error():
             log(WARNING, "node %s failed: %s", node_id, reply.error.reason)
             return "failed"
-        problem = self._problem_in(reply)
+        problem = self.frame_problem(self.upload_phase, reply_sizes) or self._problem_in(reply)
         if problem:
             log(WARNING, "node %s: update left out (%s)", node_id, problem)
             return "rejected"
@@ -249,6 +250,18 @@ class BandwidthFedAvg(FedAvg):
         problem = dense_model_problem(content, self._global)
         return problem or self.check_metrics(reply, content[keys.METRICS], TRAIN_METRICS)
 
+    def frame_problem(self, phase: str, reply_sizes: ReplySizes) -> str:
+        """Why a compact reply's frame is unusable: malformed, or naming another codec."""
+        codec = reply_sizes.frame_codec
+        expected = self.request_entries(phase).get(keys.CODEC, "none")
+        if reply_sizes.frame_problem or not codec or codec == expected:
+            return reply_sizes.frame_problem
+        return f"its frame names codec '{codec}'; this phase asked for '{expected}'"
+
+    def request_entries(self, phase: str) -> dict:
+        """The codec entries of the requests of `phase` (those of `train_config`)."""
+        return self.codec_entries() if phase == "train" else {}
+
     def check_metrics(self, reply: Message, metrics: MetricRecord, expected: tuple) -> str:
         """`metrics_problem` for a reply, bounded by the size of its sender's partition."""
         return metrics_problem(metrics, expected, self._partition_size(reply))
@@ -271,20 +284,22 @@ class BandwidthFedAvg(FedAvg):
         accepted = []
         for reply in self._sorted(replies):
             reply_sizes = self.ledger.arrived(reply)
-            status = "failed" if reply.has_error() else self._check_evaluate_reply(reply)
+            status = (
+                "failed" if reply.has_error() else self._check_evaluate_reply(reply, reply_sizes)
+            )
             self._log_reply(server_round, "evaluate", reply, status, reply_sizes)
             if status == "delivered":
                 accepted.append(reply)
         self.ledger.flush_pending("evaluate")
         return super().aggregate_evaluate(server_round, accepted) if accepted else None
 
-    def _check_evaluate_reply(self, reply: Message) -> str:
+    def _check_evaluate_reply(self, reply: Message, reply_sizes: ReplySizes) -> str:
         """`delivered`, or `rejected` (with a warning) when its metrics cannot be averaged."""
         metrics = reply.content.metric_records.get(keys.METRICS)
-        if metrics is None or len(reply.content) != 1:
+        problem = self.frame_problem("evaluate", reply_sizes)
+        if not problem and (metrics is None or len(reply.content) != 1):
             problem = "expected one MetricRecord 'metrics'"
-        else:
-            problem = self.check_metrics(reply, metrics, EVALUATE_METRICS)
+        problem = problem or self.check_metrics(reply, metrics, EVALUATE_METRICS)
         if problem:
             node_id = reply.metadata.src_node_id
             log(WARNING, "node %s sent malformed metrics (%s); left out", node_id, problem)
@@ -354,7 +369,7 @@ class BandwidthFedAvg(FedAvg):
         for partition_id in chosen:
             content, fields = self.downlink(server_round, phase, partition_id, arrays, config)
             message = Message(
-                content,
+                self.on_the_wire(content),
                 message_type=MESSAGE_TYPES[phase],
                 dst_node_id=self.directory.node_of[partition_id],
             )
@@ -374,6 +389,14 @@ class BandwidthFedAvg(FedAvg):
         if phase == "train":
             config = self.train_config(config)
         return RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dense_fields(arrays)
+
+    def on_the_wire(self, content: RecordDict) -> RecordDict:
+        """`content` as it travels: packed into one frame (protocol/wire.py) unless
+        `wire.layout` is "flower"; the frame names the codec the config asks for."""
+        if self.config.wire.layout == "flower":
+            return content
+        config = content.config_records.get(keys.CONFIG, ConfigRecord())
+        return wire.pack(content, str(config.get(keys.CODEC, "none")))
 
     def train_config(self, config: ConfigRecord) -> ConfigRecord:
         """A train message's config: the round's, plus the preset's `codec_entries`."""

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from fedcodec.checks import DecodeError
 from fedcodec.flat import unflatten
 from fedcodec.segments import average_segments, segment_bounds, segment_id
+from ledger.book import ReplySizes
 from protocol import keys
 from protocol.qsfl import CODEC, REPORT_METRICS, decode_segment, pack_signs
 from protocol.quant import spec_config
@@ -119,7 +120,7 @@ class QsflFedAvg(CodedFedAvg):
         network_status = self._time_round("train", replies, sizes)
         reports = []
         for reply, reply_sizes in zip(replies, sizes, strict=True):
-            report, status = self._read_report(reply)
+            report, status = self._read_report(reply, reply_sizes)
             if status == "delivered" and network_status.get(self._partition(reply)) == "dropped":
                 report, status = None, "dropped"
             self._log_reply(server_round, "train", reply, status, reply_sizes)
@@ -147,18 +148,21 @@ class QsflFedAvg(CodedFedAvg):
     def codec_entries(self) -> dict:
         return {keys.CODEC: CODEC, keys.QSFL_RELEVANCE: self.settings.relevance}
 
-    def _read_report(self, reply: Message) -> tuple[Report | None, str]:
+    def request_entries(self, phase: str) -> dict:
+        return self._upload_entries() if phase == "upload" else super().request_entries(phase)
+
+    def _read_report(self, reply: Message, reply_sizes: ReplySizes) -> tuple[Report | None, str]:
         """A candidate's report and its status (`failed`, `rejected` or `delivered`)."""
         node_id = reply.metadata.src_node_id
         if reply.has_error():
             log(WARNING, "node %s failed: %s", node_id, reply.error.reason)
             return None, "failed"
         metrics = reply.content.metric_records.get(keys.METRICS)
-        if metrics is None or len(reply.content) != 1:
+        problem = self.frame_problem("train", reply_sizes)
+        if not problem and (metrics is None or len(reply.content) != 1):
             problem = "expected one MetricRecord 'metrics'"
-        else:
-            problem = self.check_metrics(reply, metrics, REPORT_METRICS)
-            problem = problem or _scores_problem(metrics)
+        problem = problem or self.check_metrics(reply, metrics, REPORT_METRICS)
+        problem = problem or _scores_problem(metrics)
         if problem:
             log(WARNING, "node %s sent a malformed report (%s); left out", node_id, problem)
             return None, "rejected"
@@ -213,7 +217,7 @@ class QsflFedAvg(CodedFedAvg):
                     keys.QSFL_SEGMENT: segment_of[partition_id],
                 }
             )
-            content = RecordDict({keys.CONFIG: request})
+            content = self.on_the_wire(RecordDict({keys.CONFIG: request}))
             message = Message(
                 content, message_type=keys.UPLOAD, dst_node_id=self.directory.node_of[partition_id]
             )

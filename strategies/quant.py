@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedcodec import quant
 from fedcodec.checks import expect_names
-from ledger.levels import pushed_objects_bytes
 from protocol import keys
 from protocol.quant import quantized_downlink, spec_config
 from strategies.accounting import FLOAT32_BYTES, dense_fields
@@ -85,15 +84,6 @@ class QuantFedAvg(CodedFedAvg):
             unused_bits = sum(math.prod(shape) for shape in shapes) * self.spec.refine_bits
         tensors, bits = quant.decode_arrays(arrays, shapes, self.spec)
         return DecodedUpdate(tensors, bits, self.spec.label, status, unused_bits)
-
-    def refinement_bytes(self, reply: Message) -> int:
-        """Transport bytes of the refinement arrays (sent last; may miss the deadline)."""
-        arrays = reply.content.array_records.get(keys.ARRAYS, ArrayRecord())
-        return sum(
-            pushed_objects_bytes(arrays[name])
-            for name in self.spec.refined_arrays
-            if name in arrays
-        )
 
     def _refinement_lost(self, server_round: int, partition_id: int) -> bool:
         """Lost to the network's deadline, or to the seeded `quant.refine-loss` draw."""

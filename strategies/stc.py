@@ -90,7 +90,9 @@ class StcFedAvg(CodedFedAvg):
         deltas = {r: self.deltas[r] for r in missed}
         catch_up = catch_up_content(deltas, ConfigRecord(dict(client_config)))
         # the choice goes by what travels: every delta array is objects and requests of its own
-        if down_transport_bytes(catch_up) >= down_transport_bytes(dense):
+        if down_transport_bytes(self.on_the_wire(catch_up)) >= down_transport_bytes(
+            self.on_the_wire(dense)
+        ):
             return dense, dense_fields(arrays)
         catch_up_bits = sum(self.deltas[r].payload_bits for r in missed)
         fields = {"codec": CODEC, "payload_bits": catch_up_bits, "dense_bytes": dense_bytes(arrays)}
@@ -103,17 +105,14 @@ class StcFedAvg(CodedFedAvg):
         )
 
     # ---------------------------------------------------------------- uplink
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Note who holds which model, then aggregate.
+    def opened(self, server_round: int, replies: list[Message]) -> None:
+        """Note who holds which model before the replies are checked.
 
         A client that answered from the server's model holds this round's model, whatever
         the server makes of its update; one that failed kept its old copy, unless it says it
         has none (`RESYNC`). One that trained from another model (round or fingerprint) is
         left out and gets the dense model next time.
         """
-        replies = list(replies)
         self._stale = {}
         for reply in replies:
             partition_id = self._partition(reply)
@@ -127,7 +126,6 @@ class StcFedAvg(CodedFedAvg):
                 self._send_dense(partition_id)
             else:
                 self.synced[partition_id] = server_round - 1
-        return super().aggregate_train(server_round, replies)
 
     def _model_problem(self, reply: Message) -> str:
         """How the model a reply trained from differs from the server's ("" if it does not)."""

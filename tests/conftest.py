@@ -20,9 +20,15 @@ def no_node_polling_delay(monkeypatch):
 
 @pytest.fixture
 def flat_config(tmp_path):
-    """Pyproject defaults on the synthetic dataset, logs under tmp_path."""
+    """Pyproject defaults on the synthetic dataset, logs under tmp_path.
+
+    Messages in Flower's layout: these tests build replies by hand and computed their sizes
+    by hand in that layout; the compact layout has tests of its own (test_wire.py) and is
+    what every end-to-end run sends.
+    """
     return resolve(
         {
+            "wire.layout": "flower",
             "dataset": "synthetic",
             "model": "logistic",
             "num-server-rounds": 2,

@@ -32,7 +32,7 @@ from experiment.recorder import ROUND_COLUMNS, Recorder
 from flower_app.processes import FLWR_ROOT, processes_under
 from ledger.levels import measure
 from mods.quant_mod import quant_mod
-from mods.size_mod import payload_size_mod
+from mods.wire_mod import wire_mod
 from protocol import keys
 from strategies import BandwidthFedAvg, QuantFedAvg
 
@@ -135,7 +135,7 @@ def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict,
         pid = grid.partition_of_node[msg.metadata.dst_node_id]
         ctx = clients.setdefault(pid, context())
         chain = lambda m, c, pid=pid: quant_mod(m, c, trainer(steps[pid], []))  # noqa: E731
-        replies.append(payload_size_mod(msg, ctx, chain))
+        replies.append(wire_mod(msg, ctx, chain))
     arrays, _ = strategy.aggregate_train(1, replies)
     return None if arrays is None else {name: arrays[name].numpy() for name in SHAPES}
 

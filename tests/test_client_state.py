@@ -12,7 +12,8 @@ from mods.quant_mod import quant_mod
 from mods.state_mod import PartitionStates, make_state_mod, state_link
 from mods.stc_mod import stc_mod
 from mods.topk_mod import topk_mod
-from protocol import keys
+from mods.wire_mod import wire_mod
+from protocol import keys, wire
 from protocol.qsfl import CODEC as QSFL
 from protocol.quant import spec_config
 from protocol.stc import codec_entries
@@ -79,6 +80,23 @@ def test_state_is_read_before_and_written_after_a_good_reply_only(linked):
     stored = PartitionStates(run_dir / "client-state", 0)
     assert stored.load(4)["seen"]["rounds"] == [1, 4]
     assert stored.rounds() == [1, 4]
+
+
+def test_a_packed_message_finds_its_state_before_the_wire_mod_opens_it(linked):
+    # Prepare: rounds 1 and 2 in the compact layout (protocol/wire.py), through the wire mod
+    state_mod, run_dir = linked
+    ctx = context()
+
+    def chain(msg, c):
+        return wire_mod(msg, c, note_round)
+
+    # Execute
+    for server_round in (1, 2):
+        message = round_message(server_round)
+        message.content = wire.pack(message.content)
+        state_mod(message, ctx, chain)
+    # Assert: round 2 read round 1's state and saved both rounds
+    assert PartitionStates(run_dir / "client-state", 0).load(2)["seen"]["rounds"] == [1, 2]
 
 
 def test_a_client_without_state_writes_no_file(linked):

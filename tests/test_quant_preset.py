@@ -10,7 +10,7 @@ from fedcodec import quant
 from fedcodec.quant import QuantSpec
 from ledger.levels import content_bytes, measure, message_bytes
 from mods.quant_mod import quant_mod
-from mods.size_mod import payload_size_mod
+from mods.wire_mod import wire_mod
 from protocol import keys
 from protocol.quant import decode_quantized_model, quantized_downlink, spec_config
 from tests.support import (
@@ -36,7 +36,7 @@ def test_size_mod_writes_what_came_in_and_what_goes_out():
     content = RecordDict({keys.ARRAYS: record(random_model(0)), keys.CONFIG: ConfigRecord()})
     msg = train_message(content)
     # Execute
-    reply = payload_size_mod(msg, context(), trainer(random_model(1), []))
+    reply = wire_mod(msg, context(), trainer(random_model(1), []))
     # Assert: both sizes at the message level, in the reply's metrics, as floats
     metrics = reply.content[keys.METRICS]
     assert metrics[keys.CLIENT_DOWN_BYTES] == message_bytes(msg)
@@ -51,9 +51,9 @@ def test_client_and_server_disagree_on_a_reply_altered_in_flight(quant_strategy)
     strategy, grid = quant_strategy(**{"quant.bits": 2, "fraction-train": 0.25})
     (msg,) = strategy.configure_train(1, record(random_model(0)), ConfigRecord(), grid)
     chain = lambda m, c: quant_mod(m, c, trainer(random_model(1), []))  # noqa: E731
-    reply = payload_size_mod(msg, context(), chain)
+    reply = wire_mod(msg, context(), chain)
     reply.content[keys.METRICS][keys.TRAIN_LOSS] = 0.25  # same size: still agreed
-    tampered = payload_size_mod(msg, context(), chain)
+    tampered = wire_mod(msg, context(), chain)
     tampered.content[keys.ARRAYS]["lows"] = Array(np.zeros(3, np.float32))  # one value more
     # Execute
     fair, altered = strategy.ledger.arrived(reply), strategy.ledger.arrived(tampered)
@@ -67,7 +67,7 @@ def test_client_and_server_disagree_on_a_reply_altered_in_flight(quant_strategy)
 def test_size_mod_leaves_a_failed_reply_alone():
     failed = lambda msg, ctx: Message(Error(code=1, reason="boom"), reply_to=msg)  # noqa: E731
     msg = train_message(RecordDict({keys.CONFIG: ConfigRecord()}))
-    assert payload_size_mod(msg, context(), failed).has_error()
+    assert wire_mod(msg, context(), failed).has_error()
 
 
 def test_quant_mod_quantizes_the_update():

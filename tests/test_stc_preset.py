@@ -13,6 +13,7 @@ from experiment.recorder import Recorder
 from fedcodec import stc
 from ledger.levels import down_transport_bytes
 from mods.stc_mod import stc_mod
+from mods.wire_mod import wire_mod
 from protocol import keys
 from protocol.stc import model_fingerprint
 from strategies import StcFedAvg
@@ -100,14 +101,17 @@ def test_mod_passes_other_messages_through():
     assert set(reply.content[keys.ARRAYS]) == {"w", "b"}
 
 
+@pytest.mark.parametrize("layout", ["flower", "compact"])
 def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(
-    flat_config, tmp_path, monkeypatch
+    flat_config, tmp_path, monkeypatch, layout
 ):
     # Prepare: 4 clients, 2 per round, STC both ways; a model of 25,005 weights (100 kB),
     # large enough for a catch-up to travel cheaper than the dense model (each of its arrays
-    # costs two requests of about 1 kB)
+    # costs two requests of about 1 kB); messages in either layout, through the wire mod
     monkeypatch.setitem(SHAPES, "w", (100, 250))
-    flat_config.update({"strategy": "stc", "stc.p-up": 0.1, "stc.p-down": 0.05})
+    flat_config.update(
+        {"strategy": "stc", "stc.p-up": 0.1, "stc.p-down": 0.05, "wire.layout": layout}
+    )
     strategy = StcFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
     grid = FakeGrid(4)
     strategy.discover_partitions(grid)
@@ -120,7 +124,8 @@ def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(
         for msg in messages:
             pid = grid.partition_of_node[msg.metadata.dst_node_id]
             seen = []
-            reply = stc_mod(msg, clients[pid], trainer(random_model(100 + server_round), seen))
+            step = trainer(random_model(100 + server_round), seen)
+            reply = wire_mod(msg, clients[pid], lambda m, c, step=step: stc_mod(m, c, step))
             for name in SHAPES:  # the client trains from exactly the server's model
                 np.testing.assert_array_equal(seen[0][name], global_model[name].numpy())
             replies.append(reply)
@@ -141,6 +146,14 @@ def test_strategy_sends_catch_up_deltas_and_stays_in_sync_with_clients(
     assert any(row["codec"] == "stc" for row in down)
     assert all(r["codec"] == "stc" for r in rows if r["direction"] == "up")
     assert all(int(r["content_bytes"]) * 8 >= int(r["payload_bits"]) for r in rows)
+    # compact: an update is 4 requests up (2 when an earlier reply of the round pushed the
+    # same records: both clients' first updates are equal), every catch-up 5 down however
+    # many rounds it carries; Flower's layout: 9 up, 10 down for one round's 2 delta arrays
+    # and 14 for two rounds'
+    up_requests = {int(r["requests"]) for r in rows if r["direction"] == "up"}
+    catch_up_requests = {int(r["requests"]) for r in down if r["codec"] == "stc"}
+    expected = ({2, 4}, {5}) if layout == "compact" else ({2, 9}, {10, 14})
+    assert (up_requests, catch_up_requests) == expected
 
 
 @pytest.mark.parametrize(("missed", "expected"), [(1, "stc"), (10, "float32"), (400, "float32")])
