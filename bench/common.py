@@ -102,7 +102,11 @@ def run_app(settings: str, clients: int, run_dir: Path) -> AppRun:
 def tree_rss(root: psutil.Process) -> int:
     """Resident bytes of a process and all its descendants (those still alive)."""
     total = 0
-    for process in [root, *root.children(recursive=True)]:
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:  # the root ended between two samples
+        return 0
+    for process in tree:
         try:
             total += process.memory_info().rss
         except psutil.Error:

@@ -36,8 +36,10 @@ def make_state_mod(run_config: dict[str, Any] | None = None) -> Mod:
     """The mod, reading `output-dir` from `run_config` (or the context's, when None)."""
 
     def state_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if not msg.metadata.message_type.startswith(MessageType.TRAIN):
+            return call_next(msg, context)
         config = wire.scalars(msg.content)  # read before the wire mod unpacks the message
-        if not msg.metadata.message_type.startswith(MessageType.TRAIN) or config is None:
+        if keys.SERVER_ROUND not in config:
             return call_next(msg, context)
         output_dir = (run_config or dict(context.run_config)).get("output-dir", "outputs")
         folder = state_link(str(output_dir), context.run_id)

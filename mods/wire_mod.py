@@ -11,7 +11,8 @@ the metrics. The two are computed on either side of the transport, so they disag
 message is altered in flight.
 
 The sizes travel as floats, whose encoding has a fixed width: the reply is measured with the
-two entries already in place, so what the client reports is exactly what it sent. Put the mod
+two entries in place (zeros), then the values are written (a packed reply packed again), so
+what the client reports is exactly what it sent. Put the mod
 first in the mod list (after the state mod): it then sees the message before any codec mod
 decodes it and the reply after the codec mod encoded it. A frame that does not unpack fails
 the ClientApp (the server logs the reply `failed` with the reason).
@@ -36,18 +37,14 @@ def wire_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
-    metrics = reply.content.metric_records.get(keys.METRICS)
-    if metrics is not None:
-        metrics[keys.CLIENT_DOWN_BYTES] = 0.0
-        metrics[keys.CLIENT_UP_BYTES] = 0.0
-    if packed:
-        reply.content = wire.pack(reply.content, codec)
-    if metrics is None:
-        return reply
-    up_bytes = message_bytes(reply)
-    sizes = reply.content[wire.WIRE] if packed else metrics
-    sizes[keys.CLIENT_DOWN_BYTES] = float(down_bytes)
-    sizes[keys.CLIENT_UP_BYTES] = float(up_bytes)
+    content = reply.content
+    metrics = content.metric_records.get(keys.METRICS)
+    if metrics is not None:  # placeholders of the same width: the sizes include them
+        metrics[keys.CLIENT_DOWN_BYTES] = metrics[keys.CLIENT_UP_BYTES] = 0.0
+        reply.content = wire.pack(content, codec) if packed else content
+        metrics[keys.CLIENT_DOWN_BYTES] = float(down_bytes)
+        metrics[keys.CLIENT_UP_BYTES] = float(message_bytes(reply))
+    reply.content = wire.pack(content, codec) if packed else content
     return reply
 
 

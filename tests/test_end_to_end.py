@@ -1,15 +1,16 @@
 """End to end: real `flwr run`s and the run_simulation API, on the synthetic dataset.
 
-Logistic model, synthetic data: per message the model is 7,850 float32 = 31,400 B. Messages
-travel in the compact layout (protocol/wire.py): one ConfigRecord `wire` holding the entry
-"frame" (5 B of key + the frame) and the scalar entries. A frame's header, by hand: magic,
-version and codec "none" 2 + 1 + 5 = 8 B, the record count 1 B; the record "arrays" 1 + 7 + 1
-= 9 B with its arrays "linear.weight" (1 + 13 + dtype, flags, rank 3 + dims 10, 784 as
-varints 1 + 2 = 20 B) and "linear.bias" (1 + 11 + 3 + 1 = 16 B); a record "config" 1 + 7 + 1
-= 9 B, "metrics" 1 + 8 + 1 = 10 B. The train request's scalars are {"server-round": int}
-(12 + 8 = 20 B), the reply's {"train-loss": float, "num-examples": int} (10 + 8 + 12 + 8 =
-38 B) and the wire mod's two float entries ("client-down-message-bytes" 25 + 8,
-"client-up-message-bytes" 23 + 8 = 64 B).
+Logistic model, synthetic data (2,000 samples): per message the model is 7,850 float32 =
+31,400 B. Messages travel in the compact layout (protocol/wire.py): one ConfigRecord `wire`
+whose one entry "frame" (5 B of key) holds the frame. A frame's header, by hand: magic and
+version 3 B, the codec 1 B (a name of the protocol's table), the record count 1 B; the record
+"arrays" (kind, name from the table, count) 3 B with its arrays "linear.weight" (name 0, 13,
+13 B; dtype, flags, rank 3 B; dims 10, 784 as varints 1 + 2 = 21 B) and "linear.bias" (2 + 11
++ 3 + 1 = 17 B); a record "config" or "metrics" 3 B. Each scalar entry: its name 1 B (from
+the table), its type 1 B and its value: "server-round" (zigzag of 1 or 2: 1 B) 3 B,
+"train-loss" (a double) 10 B, "num-examples" (500 of 4 clients' partitions, zigzag 1,000:
+2 B) 4 B, and the wire mod's "client-down-message-bytes" and "client-up-message-bytes"
+(doubles) 20 B.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from tests.support import (
 
 MODEL_BYTES = 7850 * 4
 FRAME_KEY = 5
-MODEL_HEADER = 8 + 1 + 9 + 20 + 16  # a frame's header up to the model's arrays
-SIZE_ENTRIES = 64
-DOWN_WIRE = FRAME_KEY + MODEL_HEADER + 9 + MODEL_BYTES + 20
-UP_WIRE = FRAME_KEY + MODEL_HEADER + 10 + MODEL_BYTES + 38 + SIZE_ENTRIES
+MODEL_HEADER = 3 + 1 + 1 + 3 + 21 + 17  # a frame's header up to the model's arrays
+SIZE_ENTRIES = 20
+DOWN_WIRE = FRAME_KEY + MODEL_HEADER + 3 + 3 + MODEL_BYTES
+UP_WIRE = FRAME_KEY + MODEL_HEADER + 3 + 10 + 4 + SIZE_ENTRIES + MODEL_BYTES
 RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-train=0.5 seed=7"
 
 pytestmark = pytest.mark.e2e
@@ -143,28 +144,26 @@ def test_qsfl_uplink_is_the_scalars_of_all_candidates_and_the_segments_of_the_ch
         f"{RUN_CONFIG} {qsfl} output-dir='{tmp_path}'",
     )
     run_dir = run_folder(output)
-    # Assert. A report: the frame key (5) + a frame naming codec "qsfl" with one record
-    # "metrics" (2 + 1 + 5 + 1 + 10 = 19 B), the scalars {"train-loss": float, "num-examples":
-    # int, "relevance": float} = 10+8 + 12+8 + 9+8 = 55 B and the size entries (64 B) = 143 B;
-    # its payload 3 x 64 bits. A segment: 7,850 = 2 x 1,309 + 4 x 1,308 entries, in a frame
-    # naming codec "none" (the request asks for no quantizer): 2 + 1 + 5 + 1 + the record
-    # "arrays" (9) with the array "values" (1 + 6 + 3 + 2 = 12) + "metrics" (10) = 40 B, 4 B an
-    # entry; + the key "frame", {"train-loss", "num-examples"} (38) and the size entries (64)
-    # = 147 + 4 n.
+    # Assert. A report: the frame key (5) + a frame naming codec "qsfl": 3 + 1 + 1, the record
+    # "metrics" 3, its entries "train-loss" 10, "num-examples" (200 of 10 clients' partitions,
+    # zigzag 400: 2 B) 4, "relevance" 10 and the size entries 20: 57 B; its payload 3 x 64
+    # bits. A segment: 7,850 = 2 x 1,309 + 4 x 1,308 entries, in a frame naming codec "none"
+    # (the request asks for no quantizer): 3 + 1 + 1, the record "arrays" 3 with the array
+    # "values" (its name from the table 1, dtype, flags, rank 3, its length 2) 6, "metrics" 3
+    # with "train-loss", "num-examples" and the sizes 34; 4 B an entry: 56 + 4 n.
     messages = pd.read_csv(run_dir / "bandwidth.csv")
     rounds = pd.read_csv(run_dir / "rounds.csv").set_index("round")
     for server_round in (1, 2):
         up = messages.query(f"round == {server_round} and direction == 'up'")
         reports, uploads = up[up["phase"] == "train"], up[up["phase"] == "upload"]
-        assert len(reports) == 10 and (reports["content_bytes"] == 143).all()
+        assert len(reports) == 10 and (reports["content_bytes"] == 57).all()
         assert (reports["payload_bits"] == 192).all()
         assert len(uploads) == 3
         for row in uploads.itertuples():
             entries = 1309 if (row.partition_id + server_round) % 6 < 2 else 1308
-            assert (row.content_bytes, row.payload_bits) == (147 + 4 * entries, 32 * entries)
+            assert (row.content_bytes, row.payload_bits) == (56 + 4 * entries, 32 * entries)
         assert (
-            rounds.loc[server_round, "up_content_bytes"]
-            == 10 * 143 + uploads["content_bytes"].sum()
+            rounds.loc[server_round, "up_content_bytes"] == 10 * 57 + uploads["content_bytes"].sum()
         )
         assert rounds.loc[server_round, "delivered"] == 3
     segments = pd.read_csv(run_dir / "segments.csv")
@@ -369,11 +368,12 @@ def test_a_cifar10_model_trains_a_round_with_exact_bytes(tmp_path, model, arrays
         run_module("flower_app.simulation", "--num-supernodes", "2", "--run-config", settings)
     )
     # Assert: each message is the model's float32 parameters (there is no buffer) in one
-    # frame larger than a chunk, so it travels as a uint8 array (ArrayRecord "wire.frame":
-    # key "frame" 5 B + a 128-byte .npy header); the frame's header holds each array's name,
-    # dtype, flags, rank and dimensions (varints: 1 byte below 128, 2 below 16,384); the
-    # request adds the record "config" (9 B) and {"server-round": int} (20 B), the reply the
-    # record "metrics" (10 B), its two metrics (38 B) and the wire mod's (64 B)
+    # frame larger than a chunk, so it travels as a uint8 array (ArrayRecord "wire": key
+    # "frame" 5 B + a 128-byte .npy header); the frame's header: 3 + 1 + 1, the record
+    # "arrays" 3 and per array its name (0, length, name), dtype, flags, rank (3 B) and
+    # dimensions (varints: 1 byte below 128, 2 below 16,384); the request adds the record
+    # "config" (3 B) with "server-round" (3 B), the reply "metrics" (3 B) with "train-loss"
+    # (10 B), "num-examples" (25, zigzag 50: 3 B) and the wire mod's sizes (20 B)
     messages = pd.read_csv(run_dir / "bandwidth.csv").query("phase == 'train'")
     assert len(messages) == 4 and set(messages["status"]) == {"delivered"}
     assert (messages["payload_bits"] == 32 * parameters).all()
@@ -381,12 +381,12 @@ def test_a_cifar10_model_trains_a_round_with_exact_bytes(tmp_path, model, arrays
     shapes = {name: value.shape for name, value in build_model(model, 0).state_dict().items()}
     assert len(shapes) == arrays
     described = sum(
-        1 + len(name) + 3 + sum(1 if dim < 128 else 2 for dim in shape)
+        2 + len(name) + 3 + sum(1 if dim < 128 else 2 for dim in shape)
         for name, shape in shapes.items()
     )
-    framing = 5 + 128 + 8 + 1 + 9 + described + 4 * parameters
+    framing = 5 + 128 + 3 + 1 + 1 + 3 + described + 4 * parameters
     down, up = (messages[messages["direction"] == d]["content_bytes"] for d in ("down", "up"))
-    assert set(down) == {framing + 9 + 20} and set(up) == {framing + 10 + 38 + SIZE_ENTRIES}
+    assert set(down) == {framing + 3 + 3} and set(up) == {framing + 3 + 10 + 3 + SIZE_ENTRIES}
     rounds = pd.read_csv(run_dir / "rounds.csv")
     assert rounds["delivered"].tolist() == [0, 2] and pd.notna(rounds["test_loss"]).all()
 

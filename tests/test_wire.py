@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def reply_to(content: RecordDict) -> Message:
 
 # ---------------------------------------------------------------- the frame, by hand
 def test_a_frame_is_exactly_the_bytes_its_description_says():
-    # Prepare: one uint8 array [1, 2, 3] and one metric
+    # Prepare: one uint8 array [1, 2, 3] and one metric, every name spelled out (0, length)
     content = RecordDict(
         {
             "a": ArrayRecord({"x": Array(np.array([1, 2, 3], np.uint8))}),
@@ -52,18 +53,34 @@ def test_a_frame_is_exactly_the_bytes_its_description_says():
         }
     )
     # Execute
-    packed = wire.pack(content, "stc")
+    packed = wire.pack(content, "xyz")
     # Assert: magic, version, codec, 2 records; record a: 1 array x (uint8 = code 1, not
-    # late, rank 1, dim 3); record m: 1 entry; then the 3 data bytes
-    assert list(packed) == ["wire"]
+    # late, rank 1, dim 3); record m: 1 entry n, type int (0), zigzag 5 = 10; the 3 data bytes
+    assert list(packed) == ["wire"] and list(packed["wire"]) == ["frame"]
     assert packed["wire"]["frame"] == (
-        b"FW" + b"\x01" + b"\x03stc" + b"\x02"
-        + b"a" + b"\x01a" + b"\x01" + b"\x01x" + b"\x01\x00\x01" + b"\x03"
-        + b"m" + b"\x01m" + b"\x01"
+        b"FW" + b"\x01" + b"\x00\x03xyz" + b"\x02"
+        + b"a" + b"\x00\x01a" + b"\x01" + b"\x00\x01x" + b"\x01\x00\x01" + b"\x03"
+        + b"m" + b"\x00\x01m" + b"\x01" + b"\x00\x01n" + b"\x00" + b"\x0a"
         + b"\x01\x02\x03"
     )  # fmt: skip
-    assert len(packed["wire"]["frame"]) == 25
-    assert list(packed["wire"].items())[1:] == [("n", 5)]
+    assert len(packed["wire"]["frame"]) == 34
+
+
+def test_names_of_the_protocol_take_one_byte_and_values_their_own_width():
+    # "metrics" is name 3 and "num-examples" name 7 of the table; -3 is zigzag 5; a float
+    # is 8 bytes; true is its type alone; a list of two bools is 2 bytes after its length
+    assert wire.NAMES[2] == keys.METRICS and wire.NAMES[6] == keys.NUM_EXAMPLES
+    metrics = MetricRecord({keys.NUM_EXAMPLES: -3})
+    config = ConfigRecord({"f": 0.5, "t": True, "l": [True, False]})
+    frame = wire.pack(RecordDict({keys.METRICS: metrics, "c": config}))["wire"]["frame"]
+    assert frame == (
+        b"FW\x01" + bytes([wire.NAMES.index("none") + 1]) + b"\x02"
+        + b"m\x03\x01" + b"\x07\x00\x05"
+        + b"c\x00\x01c\x03"
+        + b"\x00\x01f\x01" + struct.pack("<d", 0.5)
+        + b"\x00\x01t\x03"
+        + b"\x00\x01l" + bytes([16 + 6]) + b"\x02\x01\x00"
+    )  # fmt: skip
 
 
 def test_a_compact_message_is_four_requests_up():
@@ -111,9 +128,9 @@ def test_unpack_gives_back_exactly_what_was_packed(monkeypatch, chunk_bytes):
     # Assert
     assert opened.codec == "quant"
     assert records_of(opened.content) == records_of(content)
-    expected = ["wire", "wire.late"] if chunk_bytes > 64 else ["wire", "wire.frame", "wire.late"]
-    assert sorted(packed) == expected
-    assert (chunk_bytes > 64) == isinstance(packed["wire.late"], ConfigRecord)
+    assert list(packed) == ["wire", "wire.late"]
+    kind = ConfigRecord if chunk_bytes > 64 else ArrayRecord
+    assert isinstance(packed["wire"], kind) and isinstance(packed["wire.late"], kind)
 
 
 def test_a_content_of_scalars_alone_round_trips():
@@ -121,7 +138,10 @@ def test_a_content_of_scalars_alone_round_trips():
     metrics = MetricRecord({"a": 1, "b": 2.0, "c": 3, "d": 4.0, "e": [5, 6]})
     content = RecordDict({keys.METRICS: metrics})
     packed = wire.pack(content, "qsfl")
-    assert len(packed["wire"]["frame"]) == 2 + 1 + 5 + 1 + 10
+    # magic, version, codec "qsfl" (1 byte), 1 record: kind, name, 5 entries = 8 B; entries
+    # "a" 1 (name 0, 1, a; int; zigzag 2), "b" 2.0 (+ 8 B), "c" 3, "d" 4.0, "e" [5, 6] (list
+    # of ints, 2 items, zigzags 10 and 12)
+    assert len(packed["wire"]["frame"]) == 8 + 5 + 12 + 5 + 12 + 7
     assert records_of(wire.unpack(packed).content) == records_of(content)
 
 
@@ -140,12 +160,6 @@ def test_the_late_arrays_cost_what_pushing_their_record_costs():
     assert late_transport_bytes(content) == pushed_objects_bytes(content[keys.ARRAYS]["refine"])
 
 
-def test_two_records_with_one_scalar_key_cannot_be_packed():
-    content = RecordDict({"c": ConfigRecord({"k": 1}), "m": MetricRecord({"k": 2})})
-    with pytest.raises(ValueError, match="'k' appears twice"):
-        wire.pack(content)
-
-
 # ---------------------------------------------------------------- malformed frames
 def packed_update() -> RecordDict:
     return wire.pack(
@@ -159,10 +173,11 @@ def packed_update() -> RecordDict:
     )
 
 
-def with_frame(frame: bytes, **scalars) -> RecordDict:
-    packed = packed_update()
-    entries = dict(packed["wire"]) | {"frame": frame} | scalars
-    return RecordDict({"wire": ConfigRecord(entries)})
+def with_frame(frame: bytes) -> RecordDict:
+    return RecordDict({"wire": ConfigRecord({"frame": frame})})
+
+
+STC = bytes([wire.NAMES.index("stc") + 1])
 
 
 @pytest.mark.parametrize(
@@ -171,10 +186,12 @@ def with_frame(frame: bytes, **scalars) -> RecordDict:
         (lambda f: b"XX" + f[2:], "bad magic"),
         (lambda f: f[:2] + b"\x02" + f[3:], "frame version 2"),
         (lambda f: f[:10], "truncated"),
-        (lambda f: f[:-1], "take 16 + 0 late bytes; it carries 15"),
-        (lambda f: f + b"\x00", "take 16 + 0 late bytes; it carries 17"),
-        (lambda f: f.replace(b"\x01w\x0a", b"\x01w\x63"), "dtype code 99"),
-        (lambda f: f.replace(b"FW\x01\x03stc\x02", b"FW\x01\x03stc\x7f"), "says 127 records"),
+        (lambda f: f[:-1], "take 16 + 0 late bytes; it carries 15 + 0"),
+        (lambda f: f + b"\x00", "take 16 + 0 late bytes; it carries 17 + 0"),
+        (lambda f: f.replace(b"\x00\x01w\x0a", b"\x00\x01w\x63"), "dtype code 99"),
+        (lambda f: f.replace(b"FW\x01" + STC + b"\x02", b"FW\x01" + STC + b"\x7f"), "says 127"),
+        (lambda f: f.replace(b"FW\x01" + STC, b"FW\x01\xc8"), "name index 200"),
+        (lambda f: f.replace(b"\x07\x00\x14", b"\x07\x09\x14"), "value type 9"),
     ],
 )
 def test_a_frame_that_disagrees_with_its_data_is_a_frame_error(change, reason):
@@ -183,14 +200,18 @@ def test_a_frame_that_disagrees_with_its_data_is_a_frame_error(change, reason):
         wire.unpack(with_frame(change(frame)))
 
 
-def test_scalars_that_disagree_with_the_frame_are_a_frame_error():
+def test_records_that_do_not_hold_a_frame_are_a_frame_error():
     frame = packed_update()["wire"]["frame"]
-    with pytest.raises(wire.FrameError, match="lists 2 scalar entries; 3 travel"):
-        wire.unpack(with_frame(frame, extra=1))
     with pytest.raises(wire.FrameError, match="records beside the frame: arrays"):
         wire.unpack(RecordDict({"wire": packed_update()["wire"], keys.ARRAYS: model()}))
-    with pytest.raises(wire.FrameError, match="missing or not bytes"):
+    with pytest.raises(wire.FrameError, match="'wire' does not hold the frame"):
         wire.unpack(RecordDict({"wire": ConfigRecord({"frame": "text"})}))
+    with pytest.raises(wire.FrameError, match="'wire' does not hold the frame"):
+        wire.unpack(RecordDict({"wire": ConfigRecord({"frame": frame, "extra": 1})}))
+    late = wire.pack(RecordDict({keys.ARRAYS: ArrayRecord({"refine": Array(np.ones(2))})}))
+    del late["wire.late"]
+    with pytest.raises(wire.FrameError, match="'wire.late' does not hold the late frame"):
+        wire.unpack(late)
 
 
 def test_random_damage_to_a_frame_is_a_frame_error_or_a_valid_content():
