@@ -6,25 +6,24 @@ byte meter between each SuperNode and the SuperLink counted (flower_app.transpor
 Prints one Markdown table: per experiment and message direction, summed over nodes, the
 logged content and transport bytes, the measured bytes of the exchanges that carry messages,
 and their ratio; then, per experiment, the per-run costs and logged + per-run over all TCP
-bytes. Targets (issue 16): messages within 5%, the whole within 2%.
+bytes, and the logged `flower_bytes` over the SuperLink's own traffic counter (`flwr ls`).
+Targets (issue 16): messages within 5%, the whole within 2%; (issue 28) Flower's counter
+within 1%.
 
-    python bench/transport_model.py [--supernodes 3] [--rounds 3] [--local-steps 10]
-                                    [--models logistic cnn] [--strategies fedavg stc ...]
+    python -m bench.transport_model [--supernodes 3] [--rounds 3] [--local-steps 10]
+        [--models logistic cnn] [--strategies fedavg stc ...] [--layouts compact flower]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flower_app.deploy import run_deployed  # noqa: E402
-from flower_app.sweep import to_markdown  # noqa: E402
-from flower_app.transport_check import check  # noqa: E402
+from flower_app.deploy import run_deployed
+from flower_app.sweep import to_markdown
+from flower_app.transport_check import check, flower_counter
 
 STRATEGIES = {
     "fedavg": {"strategy": "fedavg"},
@@ -33,18 +32,19 @@ STRATEGIES = {
 }
 
 
-def measure(name: str, model: str, args: argparse.Namespace) -> tuple:
+def measure(name: str, model: str, layout: str, args: argparse.Namespace) -> tuple:
     """Deploy and run one experiment; its per-direction and whole-run rows."""
     supernodes, output = args.supernodes, args.output
     overrides = STRATEGIES[name] | {
         "model": model,
+        "wire.layout": layout,
         "num-server-rounds": args.rounds,
         "local-steps": args.local_steps,
         "fraction-train": 1.0,
         "output-dir": str(output),
-        "run-name": f"{name.replace(' ', '-')}-{model}",
+        "run-name": f"{name.replace(' ', '-')}-{model}-{layout}",
     }
-    return rows_of(run_deployed(overrides, supernodes), f"{name}, {model}")
+    return rows_of(run_deployed(overrides, supernodes), f"{name}, {model}, {layout}")
 
 
 def rows_of(run_dir: Path, label: str) -> tuple[list[dict], dict]:
@@ -76,6 +76,7 @@ def rows_of(run_dir: Path, label: str) -> tuple[list[dict], dict]:
             / whole["measured_tcp_bytes"].sum()
         ),
         "worst_node_ratio": f"{_worst(whole['ratio']):.4f}",
+        "flower_counter_ratio": f"{flower_counter(run_dir)['ratio'].iloc[0]:.4f}",
     }
     return rows, total
 
@@ -92,15 +93,17 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--models", nargs="+", default=["logistic", "cnn"])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--layouts", nargs="+", default=["compact", "flower"])
     parser.add_argument("--output", type=Path, default=Path("outputs/transport-model"))
     args = parser.parse_args()
     directions, totals = [], []
     for model in args.models:
         for name in args.strategies:
-            rows, total = measure(name, model, args)
-            directions += rows
-            totals.append(total)
-            print(to_markdown(pd.DataFrame(rows)), flush=True)
+            for layout in args.layouts:
+                rows, total = measure(name, model, layout, args)
+                directions += rows
+                totals.append(total)
+                print(to_markdown(pd.DataFrame(rows)), flush=True)
     print()
     print(to_markdown(pd.DataFrame(directions)))
     print()

@@ -17,6 +17,7 @@ run ends, fails, or is interrupted (Ctrl-C, SIGTERM).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from flower_app.processes import (
     stop_trees,
 )
 from flower_app.simulation import parse_run_config
-from flower_app.transport_check import print_check
+from flower_app.transport_check import FLOWER_TRAFFIC, print_check
 
 TRANSPORT_COLUMNS = ["partition_id", "request", "requests", "up_bytes", "down_bytes"]
 
@@ -192,6 +193,7 @@ def run_deployed(
     try:
         deployment.start()
         run_dir = flwr_run(deployment.home, flower_env(deployment.home), run_config)
+        write_flower_traffic(deployment.home, run_dir)
     finally:
         deployment.stop()
     deployment.transport_bytes().to_csv(run_dir / "transport.csv", index=False)
@@ -199,6 +201,22 @@ def run_deployed(
     if not tls:
         print_check(run_dir)
     return run_dir
+
+
+def write_flower_traffic(home: Path, run_dir: Path) -> None:
+    """The SuperLink's own count of the run's traffic (`flwr ls`), into flower_traffic.json."""
+    run_id = json.loads((run_dir / "summary.json").read_text())["flower_run_id"]
+    command = [flower_command("flwr"), "ls", CONNECTION, "--run-id", str(run_id)]
+    listed = subprocess.run(
+        [*command, "--format", "json"],
+        env=flower_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    traffic = json.loads(listed.stdout)["runs"][0]["network-traffic"]
+    (run_dir / FLOWER_TRAFFIC).write_text(json.dumps(traffic, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

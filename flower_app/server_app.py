@@ -120,7 +120,7 @@ def _train(
         evaluate_fn=evaluate_fn,
         end_of_round=end_of_round,
     )
-    _finish(run_dir, recorder, strategy, rows, model_bytes)
+    _finish(run_dir, recorder, strategy, rows, model_bytes, grid.run.run_id)
     return run_dir
 
 
@@ -130,12 +130,14 @@ def _finish(
     strategy: BandwidthFedAvg,
     rows: list[dict[str, Any]],
     model_bytes: int,
+    flower_run_id: int,
 ) -> None:
     """summary.json, the bandwidth lines of the log, the plots; the clients' states go."""
     bandwidth = strategy.bandwidth_summary(model_bytes)
     recorder.finish(
         {
             "run_dir": str(run_dir),
+            "flower_run_id": flower_run_id,  # `flwr ls --run-id` shows Flower's own figures
             "final_test_accuracy": rows[-1]["test_accuracy"],
             "final_test_loss": rows[-1]["test_loss"],
             "wall_s": round(sum(row["wall_s"] for row in rows), 3),

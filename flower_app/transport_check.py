@@ -8,17 +8,21 @@ and message direction, the modelled bytes are compared with the measured exchang
 messages (pulls of a message and its objects, confirmations; pushes of a reply and its
 objects); the rest of a node's traffic (polls, heartbeats, the app bundle, registration)
 belongs to no message and is listed as per-run costs, so that logged messages plus per-run
-costs account for every byte the node sent and received.
+costs account for every byte the node sent and received. A second witness: the SuperLink's own
+count of the run's traffic (`flwr ls`, saved as flower_traffic.json), against the logged
+`flower_bytes` (the protobuf bodies and object contents Flower counts, no HTTP heads).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+FLOWER_TRAFFIC = "flower_traffic.json"  # the SuperLink's own count of the run's bytes
 MESSAGE_REQUESTS = {
     "down": ("pull-messages", "pull-object", "confirm-message-received"),
     "up": ("push-messages", "push-object"),
@@ -82,6 +86,33 @@ def check(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return per_message, whole
 
 
+def flower_counter(run_dir: Path) -> pd.DataFrame | None:
+    """The logged `flower_bytes` against the SuperLink's own traffic counter for the run
+    (`flower_traffic.json`, from `flwr ls`); None without it.
+
+    Flower splits its count by HTTP direction (a pull's request is inbound, its response and
+    the objects outbound; a push's request and objects inbound, its response outbound), not
+    by the direction of the message, so the whole run is compared.
+    """
+    path = run_dir / FLOWER_TRAFFIC
+    if not path.is_file():
+        return None
+    counted = json.loads(path.read_text())
+    logged = int(pd.read_csv(run_dir / "bandwidth.csv")["flower_bytes"].sum())
+    table = pd.DataFrame(
+        [
+            {
+                "logged_flower_bytes": logged,
+                "flower_inbound_bytes": int(counted["inbound-bytes"]),
+                "flower_outbound_bytes": int(counted["outbound-bytes"]),
+                "flower_counter_bytes": int(counted["total-bytes"]),
+            }
+        ]
+    )
+    table["ratio"] = table["logged_flower_bytes"] / table["flower_counter_bytes"]
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: print both tables of `check` for a deployed run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -103,6 +134,10 @@ def print_check(run_dir: Path) -> None:
         print(per_message.to_string(index=False))
         print()
         print(whole.to_string(index=False))
+        counter = flower_counter(run_dir)
+        if counter is not None:
+            print()
+            print(counter.to_string(index=False))
 
 
 if __name__ == "__main__":

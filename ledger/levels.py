@@ -1,4 +1,5 @@
-"""What one Flower message costs, at three levels above the codec's payload bits.
+"""What one Flower message costs, at three levels above the codec's payload bits (and as
+Flower's own traffic counter counts it).
 
 - `content_bytes`: Flower's `count_bytes()` over the message's records (values and keys).
 - `message_bytes`: the message as Flower serializes it for transport: every object of its tree
@@ -20,7 +21,7 @@ takes the ids already held there (the ledger passes those pushed earlier in the 
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 
 from flwr.app import Message, MessageType, RecordDict
@@ -93,6 +94,7 @@ class Levels:
     message_bytes: int
     transport_bytes: int
     requests: int
+    flower_bytes: int  # what Flower's own traffic counter adds for it (`flower_counted`)
     object_ids: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
@@ -112,12 +114,28 @@ def measure(message: Message, direction: str, held: Set[str] = frozenset()) -> L
         objects = _objects(message)
         exchanges = _exchanges(message, objects, direction, held)
     content = message.content if message.has_content() else RecordDict()
+    moved = [body for object_id, body in objects.items() if object_id not in held]
     return Levels(
         content_bytes=content_bytes(content),
         message_bytes=sum(len(body) for body in objects.values()),
         transport_bytes=sum(e.up_bytes + e.down_bytes for e in exchanges),
         requests=len(exchanges),
+        flower_bytes=flower_counted(exchanges[0], moved if direction == "up" else objects.values()),
         object_ids=frozenset(objects),
+    )
+
+
+def flower_counted(messages_exchange: Exchange, objects: Iterable[bytes]) -> int:
+    """Bytes Flower 1.41's SuperLink counts for a message in its run's traffic (`flwr ls`).
+
+    Its fleet handlers store the protobuf bodies of the pull-messages or push-messages
+    exchange and the content of every object pulled or pushed (`store_traffic`); no HTTP
+    head, no object request's other fields, no confirmation.
+    """
+    return (
+        messages_exchange.request_body
+        + messages_exchange.response_body
+        + sum(len(body) for body in objects)
     )
 
 

@@ -25,7 +25,7 @@ from flower_app.certificates import write_node_key, write_tls_files
 from flower_app.client_app import make_client_app
 from flower_app.processes import LOOPBACK
 from flower_app.server_app import run_federation
-from flower_app.transport_check import check
+from flower_app.transport_check import check, flower_counter
 from ledger.book import CLIENT_KEYS
 from protocol import keys
 from strategies import BandwidthFedAvg, discovery
@@ -76,6 +76,9 @@ def test_deployment_logs_equal_the_simulation(tmp_path, strategy):
     assert (per_message["requests_logged"] == per_message["requests_measured"]).all()
     assert per_message["ratio"].between(0.95, 1.05).all(), per_message.to_string()
     assert whole["ratio"].between(0.98, 1.02).all(), whole.to_string()
+    # a second witness: the SuperLink's own count of the run's traffic (`flwr ls`), within 1%
+    counter = flower_counter(deployed)
+    assert counter["ratio"].between(0.99, 1.01).all(), counter.to_string()
 
 
 # ---------------------------------------------------------------- discovery

@@ -43,6 +43,9 @@ def test_an_empty_query_message_by_hand():
     assert exchanges[1].up_bytes == 816 + 21 + 2 + 90
     assert exchanges[3].down_bytes == 127 + 1 + 0
     assert levels.transport_bytes == sum(e.up_bytes + e.down_bytes for e in exchanges)
+    # Flower's own counter: the pull-messages bodies and the two objects' contents
+    pull_messages = exchanges[0].request_body + exchanges[0].response_body
+    assert levels.flower_bytes == pull_messages + 16 + 138
 
 
 def test_heads_match_what_a_loopback_deployment_measured():
@@ -84,6 +87,10 @@ def test_an_object_pushed_earlier_in_the_round_is_not_pushed_again():
     # Assert: the array record, its array and its chunk are at the SuperLink already
     assert (first.levels.requests, second.levels.requests, next_round.levels.requests) == (7, 4, 7)
     assert first.levels.message_bytes == second.levels.message_bytes
+    # Flower's counter counts the objects a push stored: the second reply's array record,
+    # array and chunk are not counted again
+    shared = first.levels.flower_bytes - second.levels.flower_bytes
+    assert shared > 0 and next_round.levels.flower_bytes == first.levels.flower_bytes
 
 
 def test_http_messages_are_split_wherever_the_bytes_break():
