@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from experiment.config import ExperimentConfig, parse
 from experiment.models import build_model
@@ -27,23 +29,35 @@ class RebuiltClientApp(ClientApp):
 
     Flower's simulation sends the ClientApp to a Ray actor with every message; pickled by
     value, its closures (handlers, mods) cost cloudpickle a walk over their globals each time.
-    As `make_client_app(run_config)` it is a reference and a small dict.
+    As `make_client_app(run_config, user_mods)` it is a reference, a small dict and the user's
+    mods (module-level functions pickle by reference).
     """
 
-    def __init__(self, run_config: dict[str, Any] | None, **kwargs: Any) -> None:
+    def __init__(
+        self, run_config: dict[str, Any] | None, user_mods: tuple[Mod, ...], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._run_config = run_config
+        self._user_mods = user_mods
 
     def __reduce__(self) -> tuple:
-        return make_client_app, (self._run_config,)
+        return make_client_app, (self._run_config, self._user_mods)
 
 
-def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
-    """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`)."""
+def make_client_app(
+    run_config: dict[str, Any] | None = None, mods: Sequence[Mod] = ()
+) -> ClientApp:
+    """Build a ClientApp; `run_config` replaces Flower's (empty under `run_simulation`).
+
+    `mods`: the user's own client mods (or Flower's, such as `fixedclipping_mod`), innermost,
+    in order: they see what the train handler sees (the dense model the codec mod rebuilt)
+    and its reply before the codec mod encodes it. Give them as module-level functions: the
+    app travels to simulated clients by reference.
+    """
     # the state mod outermost: it commits the state only when the reply left without error;
     # then the wire mod: it unpacks and measures the message before decoding and the reply after
     # encoding (and after an injected fault, if any: faults.*)
-    mods = [
+    app_mods = [
         make_state_mod(run_config),
         wire_mod,
         make_fault_mod(run_config),
@@ -51,8 +65,9 @@ def make_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
         topk_mod,
         quant_mod,
         qsfl_mod,
+        *mods,
     ]
-    app = RebuiltClientApp(run_config, mods=mods)
+    app = RebuiltClientApp(run_config, tuple(mods), mods=app_mods)
     app.train("upload")(upload_segment)  # QSFL's phase 2: message type "train.upload"
 
     given = parse(run_config, server=False) if run_config else None  # once, not per message

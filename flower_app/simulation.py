@@ -16,11 +16,12 @@ import os
 import shlex
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.clientapp.typing import Mod
 
 from experiment.config import ConfigError, resolve
 from experiment.dataset import DatasetError
@@ -37,6 +38,7 @@ def run_experiment(
     num_supernodes: int = 20,
     client_cpus: float = 1.0,
     client_gpus: float | None = None,
+    client_mods: Sequence[Mod] = (),
 ) -> Path:
     """Run one experiment and return its run folder.
 
@@ -50,6 +52,9 @@ def run_experiment(
         CPUs reserved per client; with 2 cores, 1.0 runs two clients at a time.
     client_gpus : float, optional
         GPU fraction per client; defaults to 0.2 when clients train on CUDA, else 0.
+    client_mods : sequence of mods
+        The user's own client mods (module-level functions), innermost: they see what the
+        train handler sees (`flower_app.client_app.make_client_app`).
 
     Raises
     ------
@@ -73,7 +78,7 @@ def run_experiment(
     try:
         run_simulation(
             server_app=make_server_app(flat),
-            client_app=make_client_app(flat),
+            client_app=make_client_app(flat, client_mods),
             num_supernodes=num_supernodes,
             backend_config={"client_resources": {"num_cpus": client_cpus, "num_gpus": gpus}},
         )

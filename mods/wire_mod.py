@@ -12,10 +12,10 @@ message is altered in flight.
 
 The sizes travel as floats, whose encoding has a fixed width: the reply is measured with the
 two entries in place (zeros), then the values are written (a packed reply packed again), so
-what the client reports is exactly what it sent. Put the mod
-first in the mod list (after the state mod): it then sees the message before any codec mod
-decodes it and the reply after the codec mod encoded it. A frame that does not unpack fails
-the ClientApp (the server logs the reply `failed` with the reason).
+what the client reports is exactly what it sent. Put the mod first in the mod list (after the
+state mod): it then sees the message before any codec mod decodes it and the reply after the
+codec mod encoded it. A frame that does not unpack fails the ClientApp (the server logs the
+reply `failed` with the reason).
 """
 
 from __future__ import annotations

@@ -6,11 +6,13 @@ Fixtures live in conftest.py; these are plain functions and classes, imported by
 from __future__ import annotations
 
 import csv
+import os
 import pickle
 import shutil
 import subprocess
 import sys
 import tarfile
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -138,6 +140,16 @@ def run_round(strategy: QuantFedAvg, grid: FakeGrid, clients: dict, start: dict,
         replies.append(wire_mod(msg, ctx, chain))
     arrays, _ = strategy.aggregate_train(1, replies)
     return None if arrays is None else {name: arrays[name].numpy() for name in SHAPES}
+
+
+def marking_mod(msg: Message, context: Context, call_next) -> Message:
+    """A user's own client mod: writes, into $MARK_DIR, one file per train reply named by
+    its process id and holding the names of the arrays it saw the handler reply with."""
+    reply = call_next(msg, context)
+    if msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
+        names = ",".join(sorted(reply.content[keys.ARRAYS]))
+        (Path(os.environ["MARK_DIR"]) / f"{os.getpid()}-{uuid.uuid4().hex}").write_text(names)
+    return reply
 
 
 # ---------------------------------------------------------------- a simulated network

@@ -15,7 +15,9 @@ the table), its type 1 B and its value: "server-round" (zigzag of 1 or 2: 1 B) 3
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +42,7 @@ SIZE_ENTRIES = 20
 DOWN_WIRE = FRAME_KEY + MODEL_HEADER + 3 + 3 + MODEL_BYTES
 UP_WIRE = FRAME_KEY + MODEL_HEADER + 3 + 10 + 4 + SIZE_ENTRIES + MODEL_BYTES
 RUN_CONFIG = "dataset='synthetic' model='logistic' num-server-rounds=2 fraction-train=0.5 seed=7"
+RUN_CONFIG_DICT = "'dataset': 'synthetic', 'model': 'logistic', 'num-server-rounds': 2, 'seed': 7,"
 
 pytestmark = pytest.mark.e2e
 
@@ -236,6 +239,40 @@ def test_a_run_killed_with_sigkill_and_resumed_writes_an_uninterrupted_runs_logs
     assert len(first) == 7
     assert not (resumed / "client-state").exists()  # dropped at the end: checkpoint.pkl stays
     assert (resumed / "checkpoint.pkl").is_file()
+
+
+def test_a_users_own_mod_runs_inside_the_simulated_clients(tmp_path):
+    # Prepare: STC, 2 clients, 2 rounds through the Python API with a user's mod that notes
+    # each train reply in a folder (tests.support.marking_mod)
+    script = (
+        "import os; from flower_app.simulation import run_experiment; "
+        "from tests.support import marking_mod; print('driver', os.getpid()); "
+        f"run_experiment({{{RUN_CONFIG_DICT} 'strategy': 'stc', 'fraction-train': 1.0, "
+        f"'output-dir': '{tmp_path}', 'run-name': 'run'}}, num_supernodes=2, "
+        "client_mods=[marking_mod])"
+    )
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # Execute
+    output = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=os.environ | {"MARK_DIR": str(marks)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    # Assert: one mark per client and round, written in the Ray actors (not the driver),
+    # each seeing the dense trained model; the updates still travelled as STC
+    assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
+    driver = output.stdout.split("driver ", 1)[1].split()[0]
+    files = list(marks.iterdir())
+    assert len(files) == 2 * 2
+    assert {f.name.split("-")[0] for f in files}.isdisjoint({driver})
+    assert {f.read_text() for f in files} == {"linear.bias,linear.weight"}
+    up = pd.read_csv(tmp_path / "run" / "bandwidth.csv").query("phase == 'train'")
+    assert set(up.loc[up["direction"] == "up", "codec"]) == {"stc"}
 
 
 def rows_of(path: Path) -> list[str]:
