@@ -46,7 +46,7 @@ from strategies.selection import Selector
 
 MESSAGE_TYPES = {"train": MessageType.TRAIN, "evaluate": MessageType.EVALUATE}
 NOT_CHECKPOINTED = ("config", "recorder", "ledger", "directory", "partition_sizes")
-ROUND_ONLY = ("_round", "_global", "_global_shapes")  # set again at the start of every round
+ROUND_ONLY = ("_round", "_global", "_global_shapes", "_packed")  # set anew every round
 
 
 class BandwidthFedAvg(FedAvg):
@@ -85,6 +85,7 @@ class BandwidthFedAvg(FedAvg):
         self._global: dict[str, np.ndarray] = {}
         self._global_shapes: dict[str, tuple[int, ...]] = {}
         self._keep = 0  # updates a round needs (fewer than selected under overcommit)
+        self._packed: dict[tuple, tuple[RecordDict, RecordDict]] = {}  # see on_the_wire
 
     # ------------------------------------------------------------------ discovery
     def discover_partitions(self, grid: Grid, logged: bool = True) -> int:
@@ -354,6 +355,7 @@ class BandwidthFedAvg(FedAvg):
 
     def _start_round(self, server_round: int) -> None:
         self._round = {"round": server_round, "t0": time.perf_counter()}
+        self._packed = {}
         self.ledger.start_round()
 
     # ------------------------------------------------------------------ helpers
@@ -395,8 +397,16 @@ class BandwidthFedAvg(FedAvg):
         `wire.layout` is "flower"; the frame names the codec the config asks for."""
         if self.config.wire.layout == "flower":
             return content
-        config = content.config_records.get(keys.CONFIG, ConfigRecord())
-        return wire.pack(content, str(config.get(keys.CODEC, "none")))
+        # the same records go to many clients (the dense model): packed once a round, as
+        # Flower's layout shares one ArrayRecord (the cache holds them: their ids stay theirs)
+        key = tuple(
+            (name, id(record) if isinstance(record, ArrayRecord) else repr(dict(record)))
+            for name, record in content.items()
+        )
+        if key not in self._packed:
+            config = content.config_records.get(keys.CONFIG, ConfigRecord())
+            self._packed[key] = (content, wire.pack(content, str(config.get(keys.CODEC, "none"))))
+        return RecordDict(dict(self._packed[key][1]))
 
     def train_config(self, config: ConfigRecord) -> ConfigRecord:
         """A train message's config: the round's, plus the preset's `codec_entries`."""

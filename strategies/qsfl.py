@@ -90,12 +90,14 @@ class QsflFedAvg(CodedFedAvg):
     """Two-phase rounds: scalar reports from the candidates, segments from the best."""
 
     upload_phase = "upload"
+    round_only = (*CodedFedAvg.round_only, "_signs_record")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.settings = self.config.qsfl
         self.spec = self.config.quant.spec.validate() if self.settings.quantize else None
         self._signs: np.ndarray | None = None  # packed signs of the last global update
+        self._signs_record: ArrayRecord | None = None  # the round's, as it travels
         self._segments: dict[int, int] = {}  # partition -> segment asked of it this round
 
     def configure_train(
@@ -107,6 +109,9 @@ class QsflFedAvg(CodedFedAvg):
         a full exchange of its own before it, so that Flower's loop runs phase 2 as the round's
         exchange and `aggregate_train` receives the segments.
         """
+        self._signs_record = (  # one record for every candidate (packed once: on_the_wire)
+            None if self._signs is None else ArrayRecord({"signs": Array(self._signs)})
+        )
         candidates = list(super().configure_train(server_round, arrays, config, grid))
         timeout = self.config.round_timeout_s
         replies = self._sorted(grid.send_and_receive(candidates, timeout=timeout))
@@ -139,8 +144,12 @@ class QsflFedAvg(CodedFedAvg):
     ) -> tuple[RecordDict, dict]:
         """The dense model, the QSFL settings and (mode "update") the last update's signs."""
         content, fields = super().downlink(server_round, phase, partition_id, arrays, config)
-        if phase == "train" and self.settings.relevance == "update" and self._signs is not None:
-            content[keys.QSFL_SIGNS] = ArrayRecord({"signs": Array(self._signs)})
+        if (
+            phase == "train"
+            and self.settings.relevance == "update"
+            and self._signs_record is not None
+        ):
+            content[keys.QSFL_SIGNS] = self._signs_record
             size = fields["dense_bytes"] // 4
             fields = fields | {"codec": "float32+signs", "payload_bits": 33 * size}
         return content, fields
