@@ -158,11 +158,9 @@ def pack(content: RecordDict, codec: str = "none") -> RecordDict:
             (late if is_late else data).append(
                 np.ascontiguousarray(value, value.dtype.newbyteorder("<"))
             )
-    frame = b"".join([bytes(out), *(value.tobytes() for value in data)])
-    packed = RecordDict({WIRE: _frame_record(frame)})
+    packed = RecordDict({WIRE: _frame_record(bytes(out), data)})
     if late:
-        late_frame = b"".join([LATE_MAGIC, bytes([VERSION]), *(v.tobytes() for v in late)])
-        packed[LATE] = _frame_record(late_frame)
+        packed[LATE] = _frame_record(LATE_MAGIC + bytes([VERSION]), late)
     return packed
 
 
@@ -263,10 +261,17 @@ def _array_header(out: bytearray, name: str, value: np.ndarray, late: bool) -> N
         _varint(out, dim)
 
 
-def _frame_record(frame: bytes) -> ConfigRecord | ArrayRecord:
-    if len(frame) <= CHUNK_BYTES:
-        return ConfigRecord({FRAME: frame})
-    return ArrayRecord({FRAME: Array(np.frombuffer(frame, dtype=np.uint8))})
+def _frame_record(header: bytes, arrays: list[np.ndarray]) -> ConfigRecord | ArrayRecord:
+    """The frame (header, then the arrays' bytes) in one buffer, each array copied once."""
+    frame = np.empty(len(header) + sum(value.nbytes for value in arrays), np.uint8)
+    frame[: len(header)] = np.frombuffer(header, np.uint8)
+    at = len(header)
+    for value in arrays:
+        frame[at : at + value.nbytes] = value.reshape(-1).view(np.uint8)
+        at += value.nbytes
+    if frame.size <= CHUNK_BYTES:
+        return ConfigRecord({FRAME: frame.tobytes()})
+    return ArrayRecord({FRAME: Array(frame)})
 
 
 # ---------------------------------------------------------------- reading
@@ -283,8 +288,8 @@ class _Field:
 class _Reader:
     """A cursor over a frame; every read past its end is a FrameError."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at = memoryview(data), 0
+    def __init__(self, data: bytes | np.ndarray) -> None:
+        self.data, self.at = memoryview(data).cast("B"), 0
 
     def take(self, count: int) -> bytes:
         if self.at + count > len(self.data):
@@ -353,7 +358,7 @@ class _Reader:
         return self.data[self.at :]
 
 
-def _frame_bytes(content: RecordDict, key: str, what: str) -> bytes:
+def _frame_bytes(content: RecordDict, key: str, what: str) -> bytes | np.ndarray:
     """A frame from its record: a ConfigRecord's bytes entry, or a uint8 array."""
     record = content.get(key)
     if isinstance(record, ConfigRecord) and list(record) == [FRAME]:
@@ -363,7 +368,7 @@ def _frame_bytes(content: RecordDict, key: str, what: str) -> bytes:
     if isinstance(record, ArrayRecord) and list(record) == [FRAME]:
         array = record[FRAME].numpy()
         if array.dtype == np.uint8 and array.ndim == 1:
-            return array.tobytes()
+            return array
     raise FrameError(f"the record '{key}' does not hold the {what} (one bytes entry or array)")
 
 
@@ -405,7 +410,7 @@ def _late_bytes(content: RecordDict, layout: list[_Field]) -> memoryview:
             raise FrameError("a late frame without late arrays")
         return memoryview(b"")
     frame = _frame_bytes(content, LATE, "late frame")
-    if frame[:3] != LATE_MAGIC + bytes([VERSION]):
+    if bytes(frame[:3]) != LATE_MAGIC + bytes([VERSION]):
         raise FrameError("the late frame does not start with its magic bytes and version")
     return memoryview(frame)[3:]
 
@@ -438,6 +443,8 @@ def _rebuild(layout: list[_Field], data: memoryview, late: memoryview) -> Record
             source, start = (late if is_late else data), offsets[is_late]
             offsets[is_late] += size * dtype.itemsize
             value = np.frombuffer(source, dtype, size, start).reshape(dims)
-            record[name] = Array(value.astype(dtype.newbyteorder("=")))
+            record[name] = Array(
+                value if value.dtype.isnative else value.astype(value.dtype.newbyteorder("="))
+            )
         content[field.name] = record
     return content
