@@ -16,6 +16,7 @@ from logging import WARNING
 
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from ledger.book import Ledger
@@ -210,13 +211,24 @@ class Directory:
 
 
 def _ask(grid: Grid, node_ids: list[int], timeout_s: float) -> list[tuple[Message, Message]]:
-    """Send each node the partition-id query; (query, reply) for every reply that came."""
-    sent = {
-        node_id: Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
+    """Send each node the partition-id query; (query, reply) for every reply a node sent.
+
+    Replies are paired with their queries by `reply_to_message_id` (the grid gives each query
+    its id as it pushes it). A reply the SuperLink made itself for a node it holds unavailable
+    (its source is the SuperLink's node id, not the node's) is no answer.
+    """
+    queries = [
+        Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=node_id)
         for node_id in node_ids
-    }
-    replies = grid.send_and_receive(list(sent.values()), timeout=timeout_s)
-    return [(sent[reply.metadata.src_node_id], reply) for reply in replies]
+    ]
+    replies = grid.send_and_receive(queries, timeout=timeout_s)
+    by_id = {query.metadata.message_id: query for query in queries}
+    return [
+        (by_id[reply.metadata.reply_to_message_id], reply)
+        for reply in replies
+        if reply.metadata.src_node_id != SUPERLINK_NODE_ID
+        and reply.metadata.reply_to_message_id in by_id
+    ]
 
 
 def partition_report(reply: Message) -> Report:

@@ -23,11 +23,15 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
+    Error,
     Message,
     MessageType,
+    Metadata,
     MetricRecord,
     RecordDict,
 )
+from flwr.app.message import make_message
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from experiment.config import parse
 from experiment.recorder import ROUND_COLUMNS, Recorder
@@ -58,6 +62,7 @@ class FakeGrid:
         self.partition_of_node = {node_offset + 7 * pid: pid for pid in range(partitions)}
         self.partitions = partitions
         self.run = SimpleNamespace(run_id=77)  # what a ServerApp reads of Flower's Run
+        self.dead: set[int] = set()  # nodes whose heartbeat lapsed: the SuperLink answers
 
     def get_node_ids(self):
         return list(self.partition_of_node)
@@ -71,13 +76,41 @@ class FakeGrid:
         self.partition_of_node[new] = partition_id
         return new
 
+    @staticmethod
+    def push(messages):
+        """Give each message its id, as Flower's grids do when they push it."""
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        return messages
+
     def send_and_receive(self, messages, timeout=None):
         replies = []
-        for msg in messages:
-            pid = self.partition_of_node[msg.metadata.dst_node_id]
+        for msg in self.push(messages):
+            node_id = msg.metadata.dst_node_id
+            if node_id in self.dead:  # the SuperLink answers for it: "Node Unavailable"
+                replies.append(superlink_error_reply(msg))
+                continue
+            pid = self.partition_of_node[node_id]
             metrics = MetricRecord({keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: self.partitions})
             replies.append(Message(RecordDict({keys.METRICS: metrics}), reply_to=msg))
         return replies[::-1]  # arrival order must not matter
+
+
+def superlink_error_reply(msg: Message) -> Message:
+    """The reply Flower's SuperLink makes for a message to a node whose heartbeat lapsed:
+    its source is the SuperLink's own node id (create_message_error_unavailable_res_message)."""
+    metadata = Metadata(
+        run_id=msg.metadata.run_id,
+        message_id="",
+        src_node_id=SUPERLINK_NODE_ID,
+        dst_node_id=SUPERLINK_NODE_ID,
+        reply_to_message_id=msg.metadata.message_id,
+        group_id=msg.metadata.group_id,
+        message_type=msg.metadata.message_type,
+        created_at=msg.metadata.created_at,
+        ttl=msg.metadata.ttl,
+    )
+    return make_message(metadata=metadata, error=Error(code=3, reason="Node Unavailable"))
 
 
 def make_strategy(flat_config, tmp_path, partitions=4, node_offset=1000, **overrides):

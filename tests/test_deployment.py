@@ -148,10 +148,30 @@ def test_discovery_rejects_a_node_without_node_config_before_logging_it(flat_con
     assert read_rows(strategy.recorder) == []  # no row, least of all one of partition -1
 
 
+def test_a_node_the_superlink_answers_for_is_no_answer(flat_config, tmp_path, monkeypatch):
+    # Prepare: a node's heartbeat lapsed, so the SuperLink replies for it with an error whose
+    # source is the SuperLink's node id (1), not the node's
+    strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    grid = FakeGrid(3)
+    strategy.discover_partitions(grid)
+    new_node = grid.restart(1)
+    grid.dead.add(new_node)
+    # Execute: the next round's look at new nodes
+    moved = strategy.directory.refresh(grid, strategy.ledger, 1, timeout_s=1.0)
+    # Assert: no answer, nothing moved, the node is not asked again; at the start of a run
+    # the same node is a partition that never came
+    assert moved == [] and new_node in strategy.directory.strangers
+    assert strategy.directory.node_of[1] == 1007
+    monkeypatch.setattr(discovery, "DISCOVERY_TIMEOUT_S", 0.0)
+    fresh = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "fresh"))
+    with pytest.raises(DiscoveryError, match="^no node has partition-id 1 after 0 s"):
+        fresh.discover_partitions(grid)
+
+
 def test_discovery_reports_a_node_whose_query_failed(flat_config, tmp_path):
     class FailingGrid(FakeGrid):
         def send_and_receive(self, messages, timeout=None):
-            return [Message(Error(0, "boom"), reply_to=m) for m in messages]
+            return [Message(Error(0, "boom"), reply_to=m) for m in self.push(messages)]
 
     strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
     with pytest.raises(DiscoveryError, match="failed the partition-id query: boom"):
