@@ -303,6 +303,16 @@ class ExperimentConfig(_Frozen):
             raise ValueError(f"dataset='{name}' is not known; allowed: {allowed}")
         return name
 
+    @field_validator("outlier_norm_ratio")
+    @classmethod
+    def _off_or_at_least_the_median(cls, ratio: float) -> float:
+        if 0 < ratio < 1:  # below 1 the round's median update would be an outlier itself
+            raise ValueError(
+                f"outlier-norm-ratio={ratio:g} would reject the median update; allowed: 0 "
+                "(off) or a number >= 1"
+            )
+        return ratio
+
     @model_validator(mode="after")
     def _settings_fit_together(self) -> ExperimentConfig:
         problem = _model_and_data_problem(self) or _combination_problem(self)

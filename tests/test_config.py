@@ -38,6 +38,11 @@ def test_pyproject_defaults_parse():
         ("fraction-train", 0.0, "fraction-train=0.0 is out of range; allowed: (0, 1]"),
         ("fraction-train", 1.5, "fraction-train=1.5 is out of range; allowed: (0, 1]"),
         ("outlier-norm-ratio", -1.0, "outlier-norm-ratio=-1.0 is out of range; allowed: [0"),
+        (
+            "outlier-norm-ratio",
+            0.5,
+            "outlier-norm-ratio=0.5 would reject the median update; allowed: 0 (off) or a number",
+        ),
         ("net.rtt-ms", -5.0, "net.rtt-ms=-5.0 is out of range; allowed: [0"),
         ("faults.kind", "explode", "faults.kind='explode' is not known; allowed: none, fail"),
         ("faults.clients", "0,x", "faults.clients='0,x' is not a list of partition ids"),
