@@ -80,12 +80,20 @@ def _images_and_labels(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One batch as (n, 3, 32, 32) uint8 images and int64 labels in 0..9."""
     try:
         batch = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
-        data, labels = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
+        if not isinstance(batch, dict):
+            raise TypeError(f"it holds a {type(batch).__name__}, not a dict of data and labels")
+        data, labels = batch[b"data"], np.asarray(batch[b"labels"])
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
         raise DatasetCorruptError(f"CIFAR-10 batch {name} cannot be read: {error}") from None
     size = int(np.prod(SHAPE))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (size,):
         raise DatasetCorruptError(f"CIFAR-10 batch {name}: data is not n x {size} uint8")
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise DatasetCorruptError(
+            f"CIFAR-10 batch {name}: labels are {labels.dtype} of rank {labels.ndim}, "
+            "not a list of integers"
+        )
+    labels = labels.astype(np.int64)
     if len(labels) != len(data) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
         raise DatasetCorruptError(f"CIFAR-10 batch {name}: labels do not match the images")
     return data.reshape(-1, *SHAPE), labels

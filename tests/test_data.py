@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
 
 import datasets
@@ -153,6 +154,23 @@ def test_a_cifar10_pickle_that_would_run_code_is_refused(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(evil)
     # Execute / Assert
     with pytest.raises(DatasetCorruptError, match="os.system is not allowed in a CIFAR batch"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("batch", "reason"),
+    [
+        (np.zeros((2, 3072), np.uint8), "holds a ndarray, not a dict of data and labels"),
+        (
+            {b"data": np.zeros((2, 3072), np.uint8), b"labels": [1.7, 2.0]},
+            "labels are float64 of rank 1, not a list of integers",
+        ),
+    ],
+)
+def test_a_cifar10_batch_of_another_shape_is_one_clear_error(tmp_path, batch, reason):
+    write_cifar10(tmp_path, archive=False)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch))
+    with pytest.raises(DatasetCorruptError, match=f"batch test_batch.*{reason}"):
         load_dataset("cifar10", str(tmp_path))
 
 
