@@ -92,7 +92,8 @@ class Deployment:
         node id and no state."""
         process, args, meter_port = self.nodes[partition_id]
         stop_trees([process])
-        home = self.home / f"supernode-{partition_id}-again"
+        restarts = len(list(self.home.glob(f"supernode-{partition_id}-restart-*")))
+        home = self.home / f"supernode-{partition_id}-restart-{restarts + 1}"
         home.mkdir()
         self._launch_supernode(partition_id, args, meter_port, home)
 

@@ -20,9 +20,11 @@ from flwr.common.config import unflatten_dict
 
 from experiment.config import ConfigError, parse
 from experiment.recorder import Recorder
+from flower_app import deploy
 from flower_app.byte_meter import ByteMeter
 from flower_app.certificates import write_node_key, write_tls_files
 from flower_app.client_app import make_client_app
+from flower_app.deploy import Deployment
 from flower_app.processes import LOOPBACK
 from flower_app.server_app import run_federation
 from flower_app.transport_check import check, flower_counter
@@ -79,6 +81,23 @@ def test_deployment_logs_equal_the_simulation(tmp_path, strategy):
     # a second witness: the SuperLink's own count of the run's traffic (`flwr ls`), within 1%
     counter = flower_counter(deployed)
     assert counter["ratio"].between(0.99, 1.01).all(), counter.to_string()
+
+
+def test_a_supernode_restarted_twice_gets_a_fresh_home_each_time(tmp_path, monkeypatch):
+    # Prepare: a deployment's record of partition 0's node, no process started
+    deployment = Deployment(tmp_path, num_supernodes=1)
+    deployment.nodes[0] = (None, ["--insecure"], 9999)
+    launched = []
+    monkeypatch.setattr(deploy, "stop_trees", lambda processes: [])
+    monkeypatch.setattr(
+        deployment, "_launch_supernode", lambda pid, args, port, home: launched.append(home)
+    )
+    # Execute
+    deployment.restart_supernode(0)
+    deployment.restart_supernode(0)
+    # Assert: two new, empty Flower homes (the second restart raised FileExistsError before)
+    assert [home.name for home in launched] == ["supernode-0-restart-1", "supernode-0-restart-2"]
+    assert all(home.is_dir() and not any(home.iterdir()) for home in launched)
 
 
 # ---------------------------------------------------------------- discovery
