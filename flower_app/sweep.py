@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 import tomllib
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ SWEEP_KEYS = {
     "output-dir": str,
 }
 FIXED_KEYS = ("seed", "output-dir", "run-name")  # set by the sweep for each run
+FAILURE_LOG = "failure.log"  # in a failed run's folder: the traceback
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,14 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
         try:
             run_dir = run_experiment(overrides, sweep.clients[name])
         except Exception as error:  # noqa: BLE001  (a failed run must not stop the sweep)
-            print(f"[sweep {sweep.name}] run {name} seed {seed} FAILED: {error}", flush=True)
+            trace = finished / FAILURE_LOG
+            trace.parent.mkdir(parents=True, exist_ok=True)
+            trace.write_text(traceback.format_exc())
+            print(
+                f"[sweep {sweep.name}] run {name} seed {seed} FAILED: "
+                f"{type(error).__name__}: {error} (traceback: {trace})",
+                flush=True,
+            )
             failed.append(run_folder_name(name, seed))
             continue
         done.setdefault(name, []).append(run_dir)

@@ -207,7 +207,7 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, c
     def fake_run(overrides, num_supernodes):
         calls.append(overrides["run-name"])
         if overrides["strategy"] == "stc":
-            raise RuntimeError("the run did not finish")
+            raise KeyError(1)  # an error whose message alone says nothing
         return make_run(sweep.folder / overrides["run-name"], accuracy_scale=0.9)
 
     monkeypatch.setattr(simulation, "run_experiment", fake_run)
@@ -219,7 +219,9 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, c
     assert table.loc[0, "seeds"] == 2
     out = capsys.readouterr().out
     assert "run 3/4: stc seed 1" in out
-    assert "run stc seed 1 FAILED: the run did not finish" in out
+    trace = sweep.folder / "stc-seed1" / "failure.log"
+    assert f"run stc seed 1 FAILED: KeyError: 1 (traceback: {trace})" in out
+    assert "Traceback" in trace.read_text() and "raise KeyError(1)" in trace.read_text()
     assert "fedavg-seed1 is already finished: reused" in out
     assert "fedavg-seed2 did not finish: run again" in out
     markdown = (sweep.folder / "comparison.md").read_text()
