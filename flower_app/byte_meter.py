@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from flower_app.http_frames import HttpFrame, HttpFrames
 from flower_app.processes import LOOPBACK
 
 CHUNK = 1 << 16
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ByteMeter:
         self.up_bytes = 0
         self.down_bytes = 0
         self.exchanges: list[Exchange] = []
+        self.parse_errors = 0  # connections whose HTTP could not be split (logged once)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -108,7 +111,22 @@ class ByteMeter:
             while data := await source.read(CHUNK):
                 setattr(self, counter, getattr(self, counter) + len(data))
                 if frames is not None:
-                    on_frames(frames.feed(data))
+                    try:
+                        on_frames(frames.feed(data))
+                    except ValueError as error:  # not HTTP/1.1 as expected: count, not split
+                        frames = None
+                        self._parse_failed(error)
                 sink.write(data)
                 await sink.drain()
         sink.close()
+
+    def _parse_failed(self, error: ValueError) -> None:
+        """Log the first parse error; the connection is forwarded and counted, not split."""
+        self.parse_errors += 1
+        if self.parse_errors == 1:
+            LOG.warning(
+                "byte meter on port %s: HTTP parse error (%s); that connection's bytes are "
+                "counted but not split into requests",
+                self.port,
+                error,
+            )

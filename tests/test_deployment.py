@@ -293,6 +293,36 @@ def test_byte_meter_forwards_and_counts_each_way():
     assert (meter.up_bytes, meter.down_bytes) == (1011, 2022)
 
 
+def test_byte_meter_keeps_forwarding_a_stream_it_cannot_parse(caplog):
+    # Prepare: an echo server, a meter that splits HTTP, a request whose length is no number
+    with socket.create_server((LOOPBACK, 0)) as server:
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            connection, _ = server.accept()
+            with connection:
+                while data := connection.recv(4096):
+                    connection.sendall(data)
+
+        threading.Thread(target=serve, daemon=True).start()
+        meter = ByteMeter(port, parse_http=True)
+        bad = b"POST /v1/fleet/x HTTP/1.1\r\ncontent-length: many\r\n\r\n"
+        try:
+            # Execute: the bad request, then 100 more bytes
+            with socket.create_connection((LOOPBACK, meter.port), timeout=10) as client:
+                for chunk in (bad, b"y" * 100):
+                    client.sendall(chunk)
+                    received = b""
+                    while len(received) < len(chunk):
+                        received += client.recv(4096)
+                    assert received == chunk
+        finally:
+            meter.close()
+    # Assert: everything forwarded and counted, one parse error logged, no exchange split
+    assert meter.up_bytes == len(bad) + 100 and meter.parse_errors >= 1
+    assert "HTTP parse error" in caplog.text and meter.exchanges == []
+
+
 # ---------------------------------------------------------------- time bounds
 def test_a_round_waits_round_timeout_s_then_logs_the_silent_clients(flat_config, tmp_path):
     # Prepare: nodes that answer the partition query, then never a train message (hung)
