@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
+import ssl
 import threading
 import tomllib
 import zipfile
@@ -255,6 +257,36 @@ def test_tls_files_chain_to_the_ca_and_name_the_hosts(tmp_path):
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert names.get_values_for_type(x509.DNSName) == ["node.example"]
     assert key_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_strict_x509_client_completes_the_handshake(tmp_path):
+    # Prepare: the SuperLink's files, a server context with them, a client that verifies
+    # strictly (Python 3.13's default flag: key identifiers and key usage required)
+    ca_path, cert_path, key_path = write_tls_files(tmp_path, ["127.0.0.1"])
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_path, key_path)
+    client_context = ssl.create_default_context(cafile=str(ca_path))
+    client_context.verify_flags |= ssl.VERIFY_X509_STRICT
+    with socket.create_server((LOOPBACK, 0)) as server:
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            connection, _ = server.accept()
+            with (
+                contextlib.suppress(ssl.SSLError, OSError),
+                server_context.wrap_socket(connection, server_side=True) as tls,
+            ):
+                tls.sendall(b"ok")
+
+        threading.Thread(target=serve, daemon=True).start()
+        # Execute
+        with (
+            socket.create_connection((LOOPBACK, port), timeout=10) as raw,
+            client_context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            received = tls.recv(2)
+    # Assert
+    assert received == b"ok"
 
 
 def test_node_keys_are_openssh_ecdsa(tmp_path):
