@@ -36,6 +36,7 @@ from flower_app.processes import (
     flower_command,
     flower_env,
     free_port,
+    launcher_alive,
     new_home,
     processes_under,
     remove_home,
@@ -135,10 +136,13 @@ def run_flwr(
     return run_dir
 
 
-def stop_leftovers() -> list[int]:
-    """Stop what killed launches of this checkout left running (by FLWR_HOME / RAY_TMPDIR)."""
+def stop_leftovers() -> tuple[list[int], list[Path]]:
+    """Stop what killed launches of this checkout left running (by FLWR_HOME / RAY_TMPDIR);
+    the pids stopped, and the homes skipped because their launcher still runs."""
     homes = sorted(FLWR_ROOT.iterdir()) if FLWR_ROOT.exists() else []
-    return stop_trees([process for home in homes for process in processes_under(home)])
+    running = [home for home in homes if launcher_alive(home)]
+    left = [home for home in homes if home not in running]
+    return stop_trees([process for home in left for process in processes_under(home)]), running
 
 
 def exit_on_sigterm() -> None:
@@ -167,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, help="a killed run's folder: go on from there")
     args = parser.parse_args(argv)
     if args.stop:
-        stopped = stop_leftovers()
+        stopped, running = stop_leftovers()
         print(f"stopped {len(stopped)} Flower process(es)" if stopped else "nothing to stop")
+        for home in running:
+            print(f"left running: the launch of {home} (its launcher is alive)")
         return 0
     return command_line(
         lambda: run_flwr(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ LOOPBACK = "127.0.0.1"
 HEALTH_TIMEOUT_S = 30.0
 PR_SET_PDEATHSIG = 1  # prctl option of <sys/prctl.h>
 WATCHED_VARIABLES = ("FLWR_HOME", "RAY_TMPDIR")  # how a launch's processes are recognised
+LAUNCHER = "launcher.json"  # in a launch's home: the pid and start time of its launcher
 
 
 class ProcessStartError(RuntimeError):
@@ -44,10 +46,25 @@ def free_port() -> int:
 
 
 def new_home(kind: str) -> Path:
-    """A fresh Flower home for one launch: `.flwr/<kind>-<pid>-<ns>`."""
+    """A fresh Flower home for one launch: `.flwr/<kind>-<pid>-<ns>`, naming its launcher."""
     home = FLWR_ROOT / f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
     home.mkdir(parents=True)
+    launcher = psutil.Process()
+    (home / LAUNCHER).write_text(
+        json.dumps({"pid": launcher.pid, "started": launcher.create_time()})
+    )
     return home
+
+
+def launcher_alive(home: Path) -> bool:
+    """Whether the process that made `home` still runs (same pid and start time)."""
+    try:
+        launcher = json.loads((home / LAUNCHER).read_text())
+        process = psutil.Process(int(launcher["pid"]))
+        same = process.create_time() == float(launcher["started"])
+        return same and process.status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return False
 
 
 def remove_home(home: Path) -> None:
