@@ -22,6 +22,7 @@ from experiment.config import (
 from experiment.dataset import Dataset, input_kind
 from experiment.task import dataset_of, partition_indices
 from flower_app.checkpoint import check_clients, check_resumable, load
+from flower_app.run_lock import check_free
 from strategies.network import check_network
 
 
@@ -36,6 +37,7 @@ def preflight(flat: dict[str, Any], num_supernodes: int) -> tuple[ExperimentConf
     check_network(config.net, config.seed, num_supernodes)
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
     if config.resume:
+        check_free(run_dir)  # a command still writing it: one line, nothing touched
         check_resumable(run_dir, config.to_flat())
         check_clients(load(run_dir), num_supernodes, run_dir)
     else:

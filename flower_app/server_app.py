@@ -36,6 +36,7 @@ from flower_app.checkpoint import (
     run_rounds,
     save,
 )
+from flower_app.run_lock import held
 from mods.state_mod import state_link
 from strategies import PRESETS, BandwidthFedAvg
 from strategies.accounting import dense_bytes
@@ -65,16 +66,17 @@ def run_federation(grid: Grid, flat_config: dict[str, Any]) -> Path:
     config = parse(flat_config)
     test = test_data(config).to(compute_device(config.device))  # fails if missing
     run_dir = Path(config.output_dir).resolve() / default_run_name(config)
-    checkpoint = resume_point(run_dir, config.to_flat()) if config.resume else None
-    recorder = Recorder(run_dir, resume=config.resume)
-    if not config.resume:
-        recorder.write_config(config.to_flat() | {"run-dir": str(run_dir)})
-    link = state_link(config.output_dir, grid.run.run_id)
-    link_client_states(run_dir, link)
-    try:
-        return _train(grid, config, test, run_dir, recorder, checkpoint)
-    finally:
-        link.unlink(missing_ok=True)
+    with held(run_dir):  # one command at a time writes a run folder
+        checkpoint = resume_point(run_dir, config.to_flat()) if config.resume else None
+        recorder = Recorder(run_dir, resume=config.resume)
+        if not config.resume:
+            recorder.write_config(config.to_flat() | {"run-dir": str(run_dir)})
+        link = state_link(config.output_dir, grid.run.run_id)
+        link_client_states(run_dir, link)
+        try:
+            return _train(grid, config, test, run_dir, recorder, checkpoint)
+        finally:
+            link.unlink(missing_ok=True)
 
 
 def _train(

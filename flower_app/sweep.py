@@ -46,6 +46,7 @@ from experiment.config import ConfigError, parse, resolve
 from flower_app.checkpoint import check_resumable, load
 from flower_app.plots import plot_comparison
 from flower_app.report import summarize
+from flower_app.run_lock import check_free
 
 SWEEP_KEYS = {
     "name": str,
@@ -295,6 +296,11 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
             flush=True,
         )
         finished = sweep.folder / run_folder_name(name, seed)
+        problem = untouchable(finished)
+        if problem:
+            print(f"[sweep {sweep.name}] {finished}: {problem}; left alone", flush=True)
+            failed.append(run_folder_name(name, seed))
+            continue
         if (finished / "summary.json").is_file():
             changed = changed_settings(finished, overrides, sweep.clients[name])
             if not changed:
@@ -336,6 +342,20 @@ def run_sweep(sweep: Sweep) -> pd.DataFrame:
     table = compare(done, sweep.target_accuracy, baseline_runs(sweep))
     write_comparison(sweep.folder, table, done, failed)
     return table
+
+
+def untouchable(run_dir: Path) -> str:
+    """Why a sweep must neither rerun nor delete a run folder ("" when it may): another
+    command holds it, or its checkpoint exists but cannot be read (a run that may be worth
+    more than a rerun: move it away to run again)."""
+    try:
+        check_free(run_dir)
+        load(run_dir)
+    except ConfigError as error:
+        return str(error)
+    except (ValueError, TypeError, MemoryError, OverflowError) as error:  # a corrupt pickle
+        return f"its checkpoint cannot be read ({type(error).__name__}: {error})"
+    return ""
 
 
 def resumable_rounds(run_dir: Path, overrides: dict[str, Any], clients: int) -> int:

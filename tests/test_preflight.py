@@ -7,6 +7,7 @@ import pytest
 from experiment.config import ConfigError
 from flower_app.launch import main as launch_main
 from flower_app.preflight import preflight
+from flower_app.run_lock import held
 from tests.support import write_hub_dataset, write_hub_text
 
 
@@ -76,6 +77,15 @@ def test_a_run_folder_that_already_holds_a_run(flat_config, tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "run_config.json").write_text("{}")
     with pytest.raises(ConfigError, match="run-name='test-run': .* already holds a run"):
+        preflight(flat_config, num_supernodes=10)
+
+
+def test_resuming_a_run_another_command_still_writes_is_refused(flat_config, tmp_path):
+    # Prepare: the run's ServerApp (here: this test) holds its folder
+    run_dir = tmp_path / "outputs" / "test-run"
+    flat_config["resume"] = True
+    # Execute / Assert: one line, before anything is read or truncated
+    with held(run_dir), pytest.raises(ConfigError, match="test-run is in use by another command"):
         preflight(flat_config, num_supernodes=10)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -10,6 +11,7 @@ import pytest
 from experiment.config import ConfigError, parse, resolve
 from experiment.recorder import BANDWIDTH_COLUMNS
 from flower_app import checkpoint, simulation
+from flower_app.run_lock import RunFolderBusy, check_free, held
 from flower_app.sweep import (
     baseline_runs,
     compare,
@@ -226,6 +228,45 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, c
     assert "fedavg-seed2 did not finish: run again" in out
     markdown = (sweep.folder / "comparison.md").read_text()
     assert "Failed runs (left out): stc-seed1, stc-seed2" in markdown
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("corrupt", "checkpoint.pkl cannot be read"),
+        ("locked", "is in use by another command (pid"),
+    ],
+)
+def test_a_run_folder_in_use_or_with_an_unreadable_checkpoint_is_left_alone(
+    tmp_path, monkeypatch, capsys, damage, said
+):
+    # Prepare: fedavg seed 1 did not finish; its checkpoint is damaged, or another command
+    # (this test) holds its lock; the other runs finished
+    sweep = load_sweep(write(tmp_path, SWEEP))
+    for name, seed in (("fedavg", 2), ("stc", 1), ("stc", 2)):
+        finish(make_run(sweep.folder / f"{name}-seed{seed}"), sweep, name, seed)
+    unfinished = make_run(sweep.folder / "fedavg-seed1")
+    checkpoint.save(unfinished, checkpoint.Checkpoint(3, 4, {}, {}, [], {}))
+    if damage == "corrupt":
+        (unfinished / "checkpoint.pkl").write_bytes(b"\x80\x04garbage")
+    calls = []
+    monkeypatch.setattr(simulation, "run_experiment", lambda o, n: calls.append(o))
+    # Execute
+    with held(unfinished) if damage == "locked" else contextlib.nullcontext():
+        run_sweep(sweep)
+    # Assert: not rerun, not deleted, reported
+    assert calls == [] and (unfinished / "rounds.csv").is_file()
+    out = capsys.readouterr().out
+    assert "fedavg-seed1" in out and said in out and "left alone" in out
+
+
+def test_a_second_command_on_a_held_run_folder_is_one_line(tmp_path):
+    with held(tmp_path / "run"):
+        with pytest.raises(RunFolderBusy, match=f"^{tmp_path / 'run'} is in use by another"):
+            check_free(tmp_path / "run")
+        with pytest.raises(RunFolderBusy), held(tmp_path / "run"):
+            pass
+    check_free(tmp_path / "run")  # released
 
 
 @pytest.mark.parametrize(
