@@ -102,6 +102,7 @@ class Directory:
         self.node_of: dict[int, int] = {}  # partition_id -> node_id
         self.partition_of: dict[int, int] = {}  # node_id -> partition_id
         self.strangers: set[int] = set()  # nodes that joined later with no partition of ours
+        self.waiting: dict[int, int] = {}  # node -> the partition it takes once its node is gone
 
     def discover(self, grid: Grid, ledger: Ledger) -> int:
         """Ask every node for its partition id (one small real message each way, logged).
@@ -129,20 +130,18 @@ class Directory:
     def refresh(self, grid: Grid, ledger: Ledger, server_round: int, timeout_s: float) -> list[int]:
         """Query the nodes that joined since the last look; returns the partitions that moved.
 
-        A node reporting a partition of this run takes it over from the node that had it (a
-        restarted SuperNode comes back under a new node id, without its state); a node with
-        no partition of this run, or no answer in `timeout_s`, is left out with a warning and
-        not asked again. The queries are logged in `server_round`.
+        A node reporting a partition of this run takes it over from the node that had it once
+        that node is offline (a restarted SuperNode comes back under a new node id, without
+        its state; a killed one stays online for up to two heartbeat intervals): until then
+        it waits, asked nothing more, so that two online nodes of one partition do not swap
+        it every round. A node with no partition of this run, or no answer in `timeout_s`, is
+        left out with a warning and not asked again. The queries are logged in `server_round`.
         """
-        new = [
-            node_id
-            for node_id in sorted(grid.get_node_ids())
-            if node_id not in self.partition_of and node_id not in self.strangers
-        ]
-        if not new:
-            return []
-        exchanges = _ask(grid, new, timeout_s)
-        moved = []
+        online = set(grid.get_node_ids())
+        self.waiting = {node: pid for node, pid in self.waiting.items() if node in online}
+        known = {*self.partition_of, *self.strangers, *self.waiting}
+        new = [node_id for node_id in sorted(online) if node_id not in known]
+        exchanges = _ask(grid, new, timeout_s) if new else []
         for _, reply in sorted(exchanges, key=lambda pair: pair[1].metadata.src_node_id):
             node_id = reply.metadata.src_node_id
             report = None if reply.has_error() else partition_report(reply)
@@ -150,24 +149,37 @@ class Directory:
                 log(WARNING, "node %s joined with no partition of this run (%s)", node_id, report)
                 self.strangers.add(node_id)
                 continue
-            partition_id = report[0]
-            del self.partition_of[self.node_of[partition_id]]
-            log(
-                WARNING,
-                "partition %s moved from node %s to node %s",
-                partition_id,
-                self.node_of[partition_id],
-                node_id,
-            )
-            self.node_of[partition_id] = node_id
-            self.partition_of[node_id] = partition_id
-            moved.append(partition_id)
+            self.waiting[node_id] = report[0]
+            if self.node_of[report[0]] in online:
+                log(
+                    WARNING,
+                    "node %s reports partition %s, which online node %s holds: it takes over "
+                    "once that node is offline",
+                    node_id,
+                    report[0],
+                    self.node_of[report[0]],
+                )
+        moved = [
+            self._take_over(node_id, partition_id)
+            for node_id, partition_id in sorted(self.waiting.items())
+            if self.node_of[partition_id] not in online
+        ]
         silent = set(new) - {reply.metadata.src_node_id for _, reply in exchanges}
         if silent:
             log(WARNING, "nodes %s joined but did not answer the query; left out", sorted(silent))
             self.strangers |= silent
         self._log(ledger, exchanges, server_round)  # a stranger's under partition -1
         return sorted(moved)
+
+    def _take_over(self, node_id: int, partition_id: int) -> int:
+        """`node_id` holds `partition_id` from now on; returns the partition."""
+        old = self.node_of[partition_id]
+        log(WARNING, "partition %s moved from node %s to node %s", partition_id, old, node_id)
+        del self.partition_of[old]
+        del self.waiting[node_id]
+        self.node_of[partition_id] = node_id
+        self.partition_of[node_id] = partition_id
+        return partition_id
 
     def partition(self, reply: Message) -> int:
         """The partition of a reply's sender (-1 for a node that is not known)."""

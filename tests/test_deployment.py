@@ -189,6 +189,24 @@ def test_a_node_the_superlink_answers_for_is_no_answer(flat_config, tmp_path, mo
         fresh.discover_partitions(grid)
 
 
+def test_a_second_online_node_of_one_partition_does_not_take_it_over(flat_config, tmp_path):
+    # Prepare: partition 2's node is online; another node reports partition 2 as well
+    strategy = BandwidthFedAvg(parse(flat_config), Recorder(tmp_path / "run"))
+    grid = FakeGrid(3)
+    strategy.discover_partitions(grid)
+    grid.partition_of_node[9000] = 2
+    # Execute: two rounds' looks at new nodes
+    moved = [strategy.directory.refresh(grid, strategy.ledger, r, 1.0) for r in (1, 2)]
+    # Assert: the partition stays with its node (it flipped between the two every round),
+    # the second node was asked once; once the first node is offline, the second takes over
+    assert moved == [[], []] and strategy.directory.node_of[2] == 1014
+    queries = [r for r in read_rows(strategy.recorder) if r["phase"] == "query"]
+    assert len([r for r in queries if r["round"] in ("1", "2")]) == 2  # one query, its reply
+    del grid.partition_of_node[1014]
+    assert strategy.directory.refresh(grid, strategy.ledger, 3, 1.0) == [2]
+    assert strategy.directory.node_of[2] == 9000
+
+
 def test_discovery_reports_a_node_whose_query_failed(flat_config, tmp_path):
     class FailingGrid(FakeGrid):
         def send_and_receive(self, messages, timeout=None):
