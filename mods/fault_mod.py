@@ -7,7 +7,7 @@ partition); under QSFL in both phases of that round (its scalar report and its s
 arrays with NaN, `huge` multiplies them by `faults.scale`, `garbage` replaces every array with
 random bytes of the same dtype and size, `truncate` cuts every array to half, `examples`
 reports a NaN example count, `metrics` adds a foreign metric key, `dtype` sends float arrays
-as float64. It sits inside the payload-size mod and outside the codec mods, so it corrupts the
+as float64. It sits inside the wire mod and outside the codec mods, so it corrupts the
 encoded reply and the sizes logged are those of what it sends.
 """
 

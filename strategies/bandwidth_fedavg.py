@@ -6,7 +6,7 @@ round; the `Ledger` writes one bandwidth.csv row per message sent and per reply 
 `RoundTimer` times each train phase on the simulated network (`net.*`), whose straggler policy
 may mark updates `dropped`; `strategies.replies` says what makes a reply usable. Replies that
 failed or carry garbage are logged (`failed` / `rejected`) and left out. A message's row waits
-for its reply, so that the sizes the client measured (payload-size mod) land beside the
+for its reply, so that the sizes the client measured (the wire mod) land beside the
 server's. Each round is one row in rounds.csv.
 """
 

@@ -232,7 +232,7 @@ def test_a_client_answers_the_query_with_its_node_config(flat_config, node_confi
     answer = dict(reply.content[keys.METRICS])
     assert set(CLIENT_KEYS) <= set(
         answer
-    )  # the size mod's own measurement, which the server removes
+    )  # the wire mod's own measurement, which the server removes
     assert {key: value for key, value in answer.items() if key not in CLIENT_KEYS} == expected
 
 

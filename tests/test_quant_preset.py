@@ -1,4 +1,4 @@
-"""The quant preset and the payload-size mod without a simulation (a lambda as call_next)."""
+"""The quant preset and the wire mod without a simulation (a lambda as call_next)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def quant_config(spec: QuantSpec = UNIFORM4, feedback: bool = False, **extra) ->
     return ConfigRecord({keys.SERVER_ROUND: 1, keys.SEED: 0} | spec_config(spec, feedback) | extra)
 
 
-def test_size_mod_writes_what_came_in_and_what_goes_out():
+def test_the_wire_mod_writes_what_came_in_and_what_goes_out():
     # Prepare
     content = RecordDict({keys.ARRAYS: record(random_model(0)), keys.CONFIG: ConfigRecord()})
     msg = train_message(content)
@@ -47,7 +47,7 @@ def test_size_mod_writes_what_came_in_and_what_goes_out():
 
 
 def test_client_and_server_disagree_on_a_reply_altered_in_flight(quant_strategy):
-    # Prepare: one client's reply, measured by its size mod; then one byte more on the way
+    # Prepare: one client's reply, measured by its wire mod; then one byte more on the way
     strategy, grid = quant_strategy(**{"quant.bits": 2, "fraction-train": 0.25})
     (msg,) = strategy.configure_train(1, record(random_model(0)), ConfigRecord(), grid)
     chain = lambda m, c: quant_mod(m, c, trainer(random_model(1), []))  # noqa: E731
@@ -64,7 +64,7 @@ def test_client_and_server_disagree_on_a_reply_altered_in_flight(quant_strategy)
     assert keys.CLIENT_UP_BYTES not in tampered.content[keys.METRICS]  # taken out by the server
 
 
-def test_size_mod_leaves_a_failed_reply_alone():
+def test_the_wire_mod_leaves_a_failed_reply_alone():
     failed = lambda msg, ctx: Message(Error(code=1, reason="boom"), reply_to=msg)  # noqa: E731
     msg = train_message(RecordDict({keys.CONFIG: ConfigRecord()}))
     assert wire_mod(msg, context(), failed).has_error()
