@@ -315,28 +315,39 @@ def test_node_keys_are_openssh_ecdsa(tmp_path):
 
 
 # ---------------------------------------------------------------- the transport byte meter
-def test_byte_meter_forwards_and_counts_each_way():
-    # Prepare: a loopback server that answers every request with twice its bytes
+@contextlib.contextmanager
+def repeating_server(times: int):
+    """A loopback server that answers every read with `times` copies of it; yields its port."""
     with socket.create_server((LOOPBACK, 0)) as server:
-        port = server.getsockname()[1]
 
         def serve() -> None:
             connection, _ = server.accept()
             with connection:
                 while data := connection.recv(4096):
-                    connection.sendall(data * 2)
+                    connection.sendall(data * times)
 
         threading.Thread(target=serve, daemon=True).start()
+        yield server.getsockname()[1]
+
+
+def send_through(port: int, chunks: list[bytes], times: int) -> None:
+    """Send each chunk to `port` and check that `times` copies of it come back."""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as client:
+        for chunk in chunks:
+            client.sendall(chunk)
+            received = b""
+            while len(received) < times * len(chunk):
+                received += client.recv(4096)
+            assert received == chunk * times
+
+
+def test_byte_meter_forwards_and_counts_each_way():
+    # Prepare: a loopback server that answers every request with twice its bytes
+    with repeating_server(2) as port:
         meter = ByteMeter(port)
         try:
             # Execute: 3 requests of 1,000, 10 and 1 bytes through the meter
-            with socket.create_connection((LOOPBACK, meter.port)) as client:
-                for size in (1000, 10, 1):
-                    client.sendall(b"x" * size)
-                    received = b""
-                    while len(received) < 2 * size:
-                        received += client.recv(4096)
-                    assert received == b"xx" * size
+            send_through(meter.port, [b"x" * size for size in (1000, 10, 1)], 2)
         finally:
             meter.close()
     # Assert: 1,011 bytes up, 2,022 down
@@ -345,27 +356,12 @@ def test_byte_meter_forwards_and_counts_each_way():
 
 def test_byte_meter_keeps_forwarding_a_stream_it_cannot_parse(caplog):
     # Prepare: an echo server, a meter that splits HTTP, a request whose length is no number
-    with socket.create_server((LOOPBACK, 0)) as server:
-        port = server.getsockname()[1]
-
-        def serve() -> None:
-            connection, _ = server.accept()
-            with connection:
-                while data := connection.recv(4096):
-                    connection.sendall(data)
-
-        threading.Thread(target=serve, daemon=True).start()
+    bad = b"POST /v1/fleet/x HTTP/1.1\r\ncontent-length: many\r\n\r\n"
+    with repeating_server(1) as port:
         meter = ByteMeter(port, parse_http=True)
-        bad = b"POST /v1/fleet/x HTTP/1.1\r\ncontent-length: many\r\n\r\n"
         try:
             # Execute: the bad request, then 100 more bytes
-            with socket.create_connection((LOOPBACK, meter.port), timeout=10) as client:
-                for chunk in (bad, b"y" * 100):
-                    client.sendall(chunk)
-                    received = b""
-                    while len(received) < len(chunk):
-                        received += client.recv(4096)
-                    assert received == chunk
+            send_through(meter.port, [bad, b"y" * 100], 1)
         finally:
             meter.close()
     # Assert: everything forwarded and counted, one parse error logged, no exchange split
