@@ -17,6 +17,18 @@ from annotated_types import Ge, Gt, Le, Lt
 from flwr.common.config import flatten_dict, get_project_config, unflatten_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from experiment.axes import (
+    AGGREGATIONS,
+    DOWNLINKS,
+    PRESETS,
+    SELECTIONS,
+    UPLINKS,
+    Axes,
+    combination_problem,
+    parameters_problem,
+    preset_problem,
+    resolve_axes,
+)
 from experiment.dataset import HUB_PREFIX
 from fedcodec.quant import CODE_BITS, QuantSpec
 from netsim.rounds import POLICIES
@@ -42,7 +54,11 @@ FLOAT_PRESETS = {"e4m3": (4, 3), "e5m2": (5, 2)}  # exponent and mantissa bits
 FAULT_KINDS = ("none", "fail", "hang", "nan", "huge", "garbage", "truncate", "examples")
 FAULT_KINDS += ("metrics", "dtype")
 
-Strategy = Literal["fedavg", "stc", "topk", "quant", "qsfl"]
+Strategy = Literal[(*AGGREGATIONS, *PRESETS)]  # type: ignore[valid-type]
+Uplink = Literal[UPLINKS]  # type: ignore[valid-type]
+Downlink = Literal[DOWNLINKS]  # type: ignore[valid-type]
+Selection = Literal[SELECTIONS]  # type: ignore[valid-type]
+Parameter = float | int | str  # "" = Flower's default; checked by experiment.axes
 Model = Literal["cnn", "logistic", "vgg11", "resnet18", "lstm", "pythia-14m"]
 Channel = Literal["none", "random-walk", "rayleigh", "trace"]
 Policy = Literal[POLICIES]  # type: ignore[valid-type]
@@ -74,6 +90,28 @@ class StcConfig(_Frozen):
     accumulate_up: bool
     accumulate_down: bool
     approx: Fraction
+
+
+class AggregationConfig(_Frozen):
+    """`aggregation.*`: parameters of Flower's aggregation strategy ("" = Flower's default)."""
+
+    proximal_mu: Parameter
+    server_learning_rate: Parameter
+    server_momentum: Parameter
+    eta: Parameter
+    eta_l: Parameter
+    beta_1: Parameter
+    beta_2: Parameter
+    tau: Parameter
+    beta: Parameter
+    num_malicious_nodes: Parameter
+    num_nodes_to_select: Parameter
+    q: Parameter
+    client_learning_rate: Parameter
+
+    def values(self) -> dict[str, Parameter]:
+        """kebab-case key -> value, as the run-config names them."""
+        return {key.replace("_", "-"): value for key, value in self.model_dump().items()}
 
 
 class WireConfig(_Frozen):
@@ -262,6 +300,10 @@ class ExperimentConfig(_Frozen):
     """The validated run-config of one experiment (keys in kebab-case in pyproject)."""
 
     strategy: Strategy
+    uplink: Uplink
+    downlink: Downlink
+    selection: Selection
+    aggregation: AggregationConfig
     model: Model
     dataset: str  # a name of DATASET_INPUTS, or hub:<id or folder>
     data_dir: str
@@ -320,6 +362,18 @@ class ExperimentConfig(_Frozen):
             raise ValueError(problem)
         return self
 
+    @property
+    def axes(self) -> Axes:
+        """Aggregation, uplink, downlink and selection (a preset expanded)."""
+        return resolve_axes(
+            self.strategy,
+            self.uplink,
+            self.downlink,
+            self.selection,
+            self.quant.down_bits,
+            self.qsfl.quantize,
+        )
+
     def to_flat(self) -> dict[str, Any]:
         """The config as Flower's flat kebab-case run-config (dotted sub-tables)."""
         table = self.model_dump()
@@ -365,6 +419,14 @@ def _model_and_data_problem(config: ExperimentConfig) -> str:
 
 def _combination_problem(config: ExperimentConfig) -> str:
     """Settings of two sub-tables that do not go together."""
+    axes = config.axes
+    problem = (
+        preset_problem(config.strategy, config.uplink, config.downlink, config.selection)
+        or combination_problem(axes, config.quant.down_bits, config.qsfl.quantize)
+        or parameters_problem(axes.aggregation, config.aggregation.values())
+    )
+    if problem:
+        return problem
     if config.resume and not config.run_name:
         return "resume=true needs the run-name of the run to resume; allowed: run-name='<name>'"
     parameters = MODEL_PARAMETERS[config.model]
@@ -374,12 +436,14 @@ def _combination_problem(config: ExperimentConfig) -> str:
             f"parameters of model '{config.model}'; allowed: 1..{parameters}"
         )
     if config.net.policy == "partial" and (
-        config.strategy != "quant" or config.quant.scheme != "progressive"
+        (axes.uplink, axes.selection) != ("quant", "uniform")
+        or config.quant.scheme != "progressive"
     ):
         return (
-            f"net.policy='partial' needs strategy='quant' with quant.scheme='progressive' "
-            f"(got strategy='{config.strategy}', quant.scheme='{config.quant.scheme}'); "
-            "allowed otherwise: wait, drop, overcommit"
+            f"net.policy='partial' needs uplink='quant' (or strategy='quant') with "
+            f"quant.scheme='progressive' (got strategy='{config.strategy}', uplink="
+            f"'{axes.uplink}', quant.scheme='{config.quant.scheme}'); allowed otherwise: wait, "
+            "drop, overcommit"
         )
     return ""
 

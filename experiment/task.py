@@ -155,16 +155,28 @@ def train(
     momentum: float,
     generator: torch.Generator,
     steps: int = 0,
+    proximal_mu: float = 0.0,
 ) -> float:
-    """Plain minibatch SGD over `epochs` (or `steps` batches); returns the mean batch loss."""
+    """Minibatch SGD over `epochs` (or `steps` batches); returns the mean batch loss.
+
+    `proximal_mu` > 0 adds FedProx's proximal term (mu / 2) ||w - w_received||^2 (Li et al.,
+    2020, eq. 2) to each batch's loss; the loss returned is the data's alone.
+    """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
+    received = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     total, count = 0.0, 0
     for batch in minibatches(len(data), batch_size, epochs, steps, generator):
         optimizer.zero_grad()
         loss = loss_fn(model(data.inputs[batch]), data.labels[batch])
-        loss.backward()
+        objective = loss
+        if received:
+            distance = sum(
+                ((p - r) ** 2).sum() for p, r in zip(model.parameters(), received, strict=True)
+            )
+            objective = loss + proximal_mu / 2 * distance
+        objective.backward()
         optimizer.step()
         total += loss.item()
         count += 1
@@ -172,7 +184,12 @@ def train(
 
 
 def local_train(
-    model: nn.Module, data: Samples, config: ExperimentConfig, server_round: int, partition_id: int
+    model: nn.Module,
+    data: Samples,
+    config: ExperimentConfig,
+    server_round: int,
+    partition_id: int,
+    proximal_mu: float = 0.0,
 ) -> float:
     """One client's local training in one round, as the config says; returns the mean loss."""
     generator = round_generator(config.seed, server_round, partition_id)
@@ -185,6 +202,7 @@ def local_train(
         config.momentum,
         generator,
         config.local_steps,
+        proximal_mu,
     )
 
 

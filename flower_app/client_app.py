@@ -96,7 +96,8 @@ def make_client_app(
         model, data = received_model_and_data(msg, config, partition_id, num_partitions)
         if len(data) == 0:  # the server logs this reason beside the `failed` row
             raise ValueError(f"partition {partition_id} holds no sample: nothing to train")
-        loss = local_train(model, data, config, server_round, partition_id)
+        mu = float(msg.content[keys.CONFIG].get(keys.PROXIMAL_MU, 0.0))  # FedProx's
+        loss = local_train(model, data, config, server_round, partition_id, mu)
         metrics = MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data)})
         content = RecordDict({keys.ARRAYS: ArrayRecord(model.state_dict()), keys.METRICS: metrics})
         return Message(content, reply_to=msg)

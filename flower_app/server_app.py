@@ -38,7 +38,7 @@ from flower_app.checkpoint import (
 )
 from flower_app.run_lock import held
 from mods.state_mod import state_link
-from strategies import PRESETS, BandwidthFedAvg
+from strategies import BandwidthFedAvg, build_strategy
 from strategies.accounting import dense_bytes
 from strategies.discovery import DiscoveryError
 
@@ -92,7 +92,7 @@ def _train(
     initial = ArrayRecord(model.state_dict())
     model_bytes = dense_bytes(initial)
     model.to(compute_device(config.device))  # for the central evaluation
-    strategy = PRESETS[config.strategy](config, recorder)
+    strategy = build_strategy(config, recorder)
     clients = strategy.discover_partitions(grid, logged=checkpoint is None)
     check_selection(config, clients)  # a deployment may have other nodes than expected
     _log_start(run_dir, config, clients, model_bytes, strategy.partition_sizes, len(test))

@@ -261,12 +261,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def baseline_runs(sweep: Sweep) -> dict[str, str]:
-    """Each run's byte baseline: the first FedAvg run with as many clients."""
-    fedavg = [
-        name
-        for name, overrides in sweep.runs.items()
-        if parse(resolve(overrides)).strategy == "fedavg"
-    ]
+    """Each run's byte baseline: the first dense run (no codec) with as many clients."""
+    fedavg = [name for name, runs in sweep.runs.items() if parse(resolve(runs)).axes.dense]
     baselines = {}
     for name in sweep.runs:
         same = [f for f in fedavg if sweep.clients[f] == sweep.clients[name]]

@@ -5,6 +5,7 @@ CONFIG = "config"
 METRICS = "metrics"
 
 SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"  # FedProx's entry in the train config (Flower's key)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 NUM_EXAMPLES = "num-examples"

@@ -1,17 +1,34 @@
-"""Flower strategies that measure every message and the presets built on them."""
+"""The wrapper around Flower's strategies: bytes measured, codecs on each link, selection."""
 
+from experiment.config import ExperimentConfig
+from experiment.recorder import Recorder
 from strategies.bandwidth_fedavg import BandwidthFedAvg
 from strategies.qsfl import QsflFedAvg
 from strategies.quant import QuantFedAvg
 from strategies.stc import StcFedAvg
 from strategies.topk import TopkFedAvg
 
-PRESETS = {
-    "fedavg": BandwidthFedAvg,
+UPLINK_CODECS = {
+    "none": BandwidthFedAvg,
     "stc": StcFedAvg,
-    "quant": QuantFedAvg,
-    "qsfl": QsflFedAvg,
     "topk": TopkFedAvg,
+    "quant": QuantFedAvg,
 }
 
-__all__ = ["PRESETS", "BandwidthFedAvg", "QsflFedAvg", "QuantFedAvg", "StcFedAvg", "TopkFedAvg"]
+
+def build_strategy(config: ExperimentConfig, recorder: Recorder) -> BandwidthFedAvg:
+    """The wrapper the config's axes ask for, around the Flower strategy it names."""
+    axes = config.axes
+    if axes.selection == "qsfl":
+        return QsflFedAvg(config, recorder)
+    return UPLINK_CODECS[axes.uplink](config, recorder)
+
+
+__all__ = [
+    "BandwidthFedAvg",
+    "QsflFedAvg",
+    "QuantFedAvg",
+    "StcFedAvg",
+    "TopkFedAvg",
+    "build_strategy",
+]

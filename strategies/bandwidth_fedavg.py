@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from experiment.config import ExperimentConfig
 from experiment.recorder import Recorder
@@ -29,6 +29,7 @@ from experiment.task import partition_indices, samples_processed
 from ledger.book import Ledger, ReplySizes
 from protocol import keys, wire
 from strategies.accounting import dense_fields
+from strategies.aggregation import build_aggregation, train_entries
 from strategies.discovery import Directory
 from strategies.network import NetworkClock, RoundTimer, Upload
 from strategies.replies import (
@@ -46,11 +47,12 @@ from strategies.selection import Selector
 
 MESSAGE_TYPES = {"train": MessageType.TRAIN, "evaluate": MessageType.EVALUATE}
 NOT_CHECKPOINTED = ("config", "recorder", "ledger", "directory", "partition_sizes")
+# (the wrapped strategy is checkpointed: FedAdam's moments, FedAvgM's momentum go on)
 ROUND_ONLY = ("_round", "_global", "_global_shapes", "_packed")  # set anew every round
 
 
-class BandwidthFedAvg(FedAvg):
-    """FedAvg with exact per-message byte logs and seeded, partition-keyed selection.
+class BandwidthFedAvg(Strategy):
+    """A Flower strategy wrapped with exact per-message byte logs and seeded selection.
 
     Parameters
     ----------
@@ -58,22 +60,19 @@ class BandwidthFedAvg(FedAvg):
         The validated run-config (fractions, seed, rounds).
     recorder : Recorder
         Where message and round rows go.
+    aggregation : Strategy, optional
+        The Flower strategy that adds its train config entries and aggregates the accepted
+        (decoded) replies; by default the one `config` names (strategies.aggregation).
     """
 
     upload_phase = "train"  # the phase whose replies carry the updates
     round_only: tuple[str, ...] = ()  # a preset's attributes of one round (no checkpoint)
 
-    def __init__(self, config: ExperimentConfig, recorder: Recorder) -> None:
-        super().__init__(
-            fraction_train=config.fraction_train,
-            fraction_evaluate=config.fraction_evaluate,
-            min_train_nodes=1,
-            min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
-            min_available_nodes=1,
-            arrayrecord_key=keys.ARRAYS,
-            configrecord_key=keys.CONFIG,
-        )
+    def __init__(
+        self, config: ExperimentConfig, recorder: Recorder, aggregation: Strategy | None = None
+    ) -> None:
         self.config = config
+        self.aggregation = aggregation or build_aggregation(config)
         self.recorder = recorder
         self.clock = NetworkClock(config.net, config.seed) if config.net.simulated else None
         self.directory = Directory()
@@ -84,6 +83,7 @@ class BandwidthFedAvg(FedAvg):
         self._round: dict = {}
         self._global: dict[str, np.ndarray] = {}
         self._global_shapes: dict[str, tuple[int, ...]] = {}
+        self.model_dtypes: dict[str, np.dtype] = {}  # of the initial model: clients train in them
         self._keep = 0  # updates a round needs (fewer than selected under overcommit)
         self._packed: dict[tuple, tuple[RecordDict, RecordDict]] = {}  # see on_the_wire
 
@@ -111,7 +111,8 @@ class BandwidthFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Select partitions (seeded) and send each the global model; log each message.
 
-        Nodes that joined since the last round are asked for their partition first.
+        Nodes that joined since the last round are asked for their partition first. The
+        wrapped strategy's own train config entries (FedProx's `proximal-mu`) go along.
         """
         self._start_round(server_round)
         self.timer.begin_round()
@@ -119,6 +120,9 @@ class BandwidthFedAvg(FedAvg):
         self.rehomed(self.directory.refresh(grid, self.ledger, server_round, timeout_s))
         self._global = {name: array.numpy() for name, array in arrays.items()}
         self._global_shapes = {name: value.shape for name, value in self._global.items()}
+        if not self.model_dtypes:
+            self.model_dtypes = {name: value.dtype for name, value in self._global.items()}
+        config = ConfigRecord(train_entries(self.aggregation, server_round, arrays, config))
         messages = self._broadcast(server_round, "train", arrays, config)
         self._round["selected"] = len(messages)
         return messages
@@ -190,8 +194,8 @@ class BandwidthFedAvg(FedAvg):
     def aggregate_updates(
         self, server_round: int, accepted: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Combine the accepted replies (in partition order); here FedAvg's weighted mean."""
-        return super().aggregate_train(server_round, accepted)
+        """Combine the accepted replies (in partition order): the wrapped strategy's rule."""
+        return self.aggregation.aggregate_train(server_round, accepted)
 
     def _check_train_reply(self, reply: Message, reply_sizes: ReplySizes) -> str:
         """`delivered` (or `partial`), or `failed` / `rejected` with a warning saying why."""
@@ -248,7 +252,7 @@ class BandwidthFedAvg(FedAvg):
         content = reply.content
         if not has_update_records(content):
             return UPDATE_RECORDS
-        problem = dense_model_problem(content, self._global)
+        problem = dense_model_problem(content, self.model_dtypes, self._global_shapes)
         return problem or self.check_metrics(reply, content[keys.METRICS], TRAIN_METRICS)
 
     def frame_problem(self, phase: str, reply_sizes: ReplySizes) -> str:
@@ -292,7 +296,9 @@ class BandwidthFedAvg(FedAvg):
             if status == "delivered":
                 accepted.append(reply)
         self.ledger.flush_pending("evaluate")
-        return super().aggregate_evaluate(server_round, accepted) if accepted else None
+        if not accepted:
+            return None
+        return self.aggregation.aggregate_evaluate(server_round, accepted)
 
     def _check_evaluate_reply(self, reply: Message, reply_sizes: ReplySizes) -> str:
         """`delivered`, or `rejected` (with a warning) when its metrics cannot be averaged."""
@@ -439,9 +445,11 @@ class BandwidthFedAvg(FedAvg):
         """Log the strategy's settings (Flower calls this at start)."""
         log(
             INFO,
-            "\t├── BandwidthFedAvg: %s clients, fraction-train %.2f, seed %s",
+            "\t├── %s over %s: %s clients, fraction-train %.2f, seed %s",
+            type(self).__name__,
+            type(self.aggregation).__name__,
             len(self.directory.node_of),
             self.config.fraction_train,
             self.config.seed,
         )
-        super().summary()
+        self.aggregation.summary()

@@ -1,10 +1,14 @@
-"""Base of the presets whose clients send encoded updates (trained - received model).
+"""Base of the codecs whose clients send encoded updates (trained - received model).
 
 A reply is checked by decoding it (undecodable or non-finite: `rejected`); what the server
-keeps of it until aggregation is its facts (bits, status, norm), not its tensors. The accepted
-updates are then decoded again one at a time into a running sum (`combine`: their mean
-weighted by examples, in partition order), so a round holds one decoded update at a time
-besides the sum, and the preset decides how the global model moves (`apply_update`).
+keeps of it until aggregation is its facts (bits, status, norm), not its tensors. The wrapped
+Flower strategy then aggregates the decoded models. One whose rule starts from FedAvg's
+weighted mean (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad) receives that mean as
+one reply, summed as the accepted updates are decoded again one at a time (`combine`, in
+partition order): a round holds one decoded update besides the sum. The others (FedMedian,
+FedTrimmedAvg, Krum, MultiKrum, Bulyan, QFedAvg) need every model: they receive one decoded
+model per accepted reply. A codec may then move the global model otherwise than the strategy
+says (`moved`: STC sends a compressed step down and moves by exactly that).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from fedcodec.checks import DecodeError
 from protocol import keys
 from strategies.accounting import FLOAT32_BYTES
+from strategies.aggregation import model_reply, streams_mean
 from strategies.bandwidth_fedavg import BandwidthFedAvg
 from strategies.replies import TRAIN_METRICS, UPDATE_RECORDS, has_update_records
 
@@ -57,9 +62,9 @@ class CodedFedAvg(BandwidthFedAvg):
         """Decode one reply's arrays; raise DecodeError (fedcodec.checks) when they do not."""
         raise NotImplementedError
 
-    def apply_update(self, server_round: int, mean: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """The next global model from the weighted mean of the decoded updates."""
-        return {name: self._global[name] + m for name, m in zip(self._global, mean, strict=True)}
+    def moved(self, server_round: int, aggregated: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The next global model, given the wrapped strategy's; here that one."""
+        return aggregated
 
     def _problem_in(self, reply: Message) -> str:
         """Decode the reply (its facts kept when usable); what is wrong with it, if any."""
@@ -125,8 +130,30 @@ class CodedFedAvg(BandwidthFedAvg):
     def aggregate_updates(
         self, server_round: int, accepted: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The combined update of the accepted replies (partition order), applied by the preset."""
-        update = self.combine(server_round, accepted)
-        new_global = self.apply_update(server_round, update)
-        metrics = self.train_metrics_aggr_fn([r.content for r in accepted], self.weighted_by_key)
+        """The wrapped strategy's model from the decoded replies (partition order), as the
+        codec moves it; the metrics are the replies' weighted mean."""
+        aggregation = self.aggregation
+        contents = [r.content for r in accepted]
+        metrics = aggregation.train_metrics_aggr_fn(contents, keys.NUM_EXAMPLES)
+        if streams_mean(aggregation):
+            examples = sum(content[keys.METRICS][keys.NUM_EXAMPLES] for content in contents)
+            mean_metrics = MetricRecord(dict(metrics) | {keys.NUM_EXAMPLES: examples})
+            mean = self.combine(server_round, accepted)
+            models = [model_reply(self._plus_global(mean), mean_metrics)]
+        else:
+            models = [
+                model_reply(self._plus_global(self._decode(r).tensors), r.content[keys.METRICS])
+                for r in accepted
+            ]
+        arrays, _ = aggregation.aggregate_train(server_round, models)
+        # in the dtypes clients train in (FedAdam's float64 would break STC's shared copy)
+        aggregated = {
+            name: arrays[name].numpy().astype(dtype, copy=False)
+            for name, dtype in self.model_dtypes.items()
+        }
+        new_global = self.moved(server_round, aggregated)
         return ArrayRecord({n: Array(v) for n, v in new_global.items()}), metrics
+
+    def _plus_global(self, update: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The model a client would hold: the global model plus a decoded update."""
+        return {name: self._global[name] + u for name, u in zip(self._global, update, strict=True)}

@@ -31,6 +31,7 @@ from ledger.book import ReplySizes
 from protocol import keys
 from protocol.qsfl import CODEC, REPORT_METRICS, decode_segment, pack_signs
 from protocol.quant import spec_config
+from strategies.aggregation import streams_mean
 from strategies.coded import CodedFedAvg, DecodedUpdate
 
 SCALAR_BITS = 64  # a MetricRecord value (float or int) travels as 8 bytes
@@ -94,8 +95,14 @@ class QsflFedAvg(CodedFedAvg):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if not streams_mean(self.aggregation):
+            raise ValueError(
+                f"QSFL stitches segments by their weighted mean; {type(self.aggregation).__name__} "
+                "needs whole models"
+            )
         self.settings = self.config.qsfl
-        self.spec = self.config.quant.spec.validate() if self.settings.quantize else None
+        quantized = self.config.axes.uplink == "quant"
+        self.spec = self.config.quant.spec.validate() if quantized else None
         self._signs: np.ndarray | None = None  # packed signs of the last global update
         self._signs_record: ArrayRecord | None = None  # the round's, as it travels
         self._segments: dict[int, int] = {}  # partition -> segment asked of it this round

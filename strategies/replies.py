@@ -55,14 +55,18 @@ def has_update_records(content: RecordDict) -> bool:
     )
 
 
-def dense_model_problem(content: RecordDict, global_model: dict[str, np.ndarray]) -> str:
-    """What is wrong with a dense model's arrays ("" when they can replace the global model)."""
+def dense_model_problem(content: RecordDict, model_dtypes: dict[str, np.dtype], shapes) -> str:
+    """What is wrong with a dense model's arrays ("" when they can replace the global model).
+
+    `model_dtypes`: the dtypes clients train in (the initial model's; Flower's FedOpt family
+    turns the global model into float64, clients still reply in float32); `shapes`: the
+    global model's, name -> shape.
+    """
     arrays = content[keys.ARRAYS]
-    shapes = {name: tuple(array.shape) for name, array in arrays.items()}
-    if shapes != {name: value.shape for name, value in global_model.items()}:
+    if {name: tuple(array.shape) for name, array in arrays.items()} != shapes:
         return "array names or shapes differ from the global model"
     dtypes = {name: np.dtype(array.dtype) for name, array in arrays.items()}
-    if dtypes != {name: value.dtype for name, value in global_model.items()}:
+    if dtypes != model_dtypes:
         return f"array dtypes {sorted(set(map(str, dtypes.values())))} differ from the model's"
     if not all(np.isfinite(array.numpy()).all() for array in arrays.values()):
         return "NaN or inf in the update"

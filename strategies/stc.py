@@ -154,8 +154,10 @@ class StcFedAvg(CodedFedAvg):
         tensors, bits = stc.decode_arrays(arrays, list(self._global_shapes.values()))
         return DecodedUpdate(tensors, bits, CODEC)
 
-    def apply_update(self, server_round: int, mean: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Server error feedback and STC at p-down; the model moves by exactly what is sent."""
+    def moved(self, server_round: int, aggregated: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Server error feedback and STC at p-down on the wrapped strategy's step; the model
+        moves by exactly what is sent."""
+        mean = [aggregated[name] - value for name, value in self._global.items()]
         settings = self.config.stc
         captured: list[stc.Encoded] = []
 
@@ -170,4 +172,4 @@ class StcFedAvg(CodedFedAvg):
         else:
             sent = compress(mean)
         self.deltas[server_round] = captured[-1]
-        return super().apply_update(server_round, sent)
+        return {name: self._global[name] + s for name, s in zip(self._global, sent, strict=True)}

@@ -96,6 +96,35 @@ class FakeGrid:
         return replies[::-1]  # arrival order must not matter
 
 
+class ClientGrid(FakeGrid):
+    """A grid whose nodes run this app's real ClientApp (every mod, real training) in this
+    process, one Context per node: an experiment without Ray, for the composition tests."""
+
+    def __init__(self, run_config: dict, partitions: int) -> None:
+        super().__init__(partitions)
+        from flower_app.client_app import make_client_app  # torch and the data: only here
+
+        self.app = make_client_app(run_config)
+        self.contexts = {
+            node: Context(
+                77,
+                node,
+                {keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: partitions},
+                RecordDict(),
+                run_config,
+            )
+            for node, pid in self.partition_of_node.items()
+        }
+
+    def send_and_receive(self, messages, timeout=None):
+        """The replies in the order of their nodes (as of their partitions): Flower's own
+        strategies sum them in arrival order, the wrapper in partition order."""
+        replies = [
+            self.app(msg, self.contexts[msg.metadata.dst_node_id]) for msg in self.push(messages)
+        ]
+        return sorted(replies, key=lambda reply: reply.metadata.src_node_id)
+
+
 def superlink_error_reply(msg: Message) -> Message:
     """The reply Flower's SuperLink makes for a message to a node whose heartbeat lapsed:
     its source is the SuperLink's own node id (create_message_error_unavailable_res_message)."""

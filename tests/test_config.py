@@ -23,8 +23,8 @@ def test_pyproject_defaults_parse():
     [
         (
             "strategy",
-            "fedprox",
-            "strategy='fedprox' is not known; allowed: fedavg, stc, topk, quant",
+            "scaffold",
+            "strategy='scaffold' is not known; allowed: fedavg, fedavgm, fedprox, fedadam,",
         ),
         ("model", "resnet", "model='resnet' is not known; allowed: cnn, logistic"),
         ("dataset", "cifar100", "dataset='cifar100' is not known; allowed: fashion-mnist, mnist"),
@@ -170,8 +170,9 @@ def test_command_line_typo_is_one_line_and_exit_2(capsys):
         ),
         (
             {"net.channel": "random-walk", "net.policy": "partial"},
-            "net.policy='partial' needs strategy='quant' with quant.scheme='progressive' "
-            "(got strategy='fedavg', quant.scheme='uniform')",
+            "net.policy='partial' needs uplink='quant' (or strategy='quant') with "
+            "quant.scheme='progressive' "
+            "(got strategy='fedavg', uplink='none', quant.scheme='uniform')",
         ),
     ],
 )
