@@ -32,6 +32,7 @@ from experiment.axes import (
 from experiment.dataset import HUB_PREFIX
 from fedcodec.quant import CODE_BITS, QuantSpec
 from netsim.rounds import POLICIES
+from protocol import codecs
 from protocol.wire import LAYOUTS
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -55,7 +56,6 @@ FAULT_KINDS = ("none", "fail", "hang", "nan", "huge", "garbage", "truncate", "ex
 FAULT_KINDS += ("metrics", "dtype")
 
 Strategy = Literal[(*AGGREGATIONS, *PRESETS)]  # type: ignore[valid-type]
-Uplink = Literal[UPLINKS]  # type: ignore[valid-type]
 Downlink = Literal[DOWNLINKS]  # type: ignore[valid-type]
 Selection = Literal[SELECTIONS]  # type: ignore[valid-type]
 Parameter = float | int | str  # "" = Flower's default; checked by experiment.axes
@@ -300,7 +300,8 @@ class ExperimentConfig(_Frozen):
     """The validated run-config of one experiment (keys in kebab-case in pyproject)."""
 
     strategy: Strategy
-    uplink: Uplink
+    uplink: str  # one of UPLINKS or a registered plugin (protocol/codecs.py)
+    codec_modules: str
     downlink: Downlink
     selection: Selection
     aggregation: AggregationConfig
@@ -421,7 +422,8 @@ def _combination_problem(config: ExperimentConfig) -> str:
     """Settings of two sub-tables that do not go together."""
     axes = config.axes
     problem = (
-        preset_problem(config.strategy, config.uplink, config.downlink, config.selection)
+        _uplink_problem(config)
+        or preset_problem(config.strategy, config.uplink, config.downlink, config.selection)
         or combination_problem(axes, config.quant.down_bits, config.qsfl.quantize)
         or parameters_problem(axes.aggregation, config.aggregation.values())
     )
@@ -444,6 +446,21 @@ def _combination_problem(config: ExperimentConfig) -> str:
             f"quant.scheme='progressive' (got strategy='{config.strategy}', uplink="
             f"'{axes.uplink}', quant.scheme='{config.quant.scheme}'); allowed otherwise: wait, "
             "drop, overcommit"
+        )
+    return ""
+
+
+def _uplink_problem(config: ExperimentConfig) -> str:
+    """An uplink that is neither built in nor a registered plugin (after `codec-modules`)."""
+    try:
+        codecs.load(config.codec_modules)
+    except ImportError as error:
+        return f"codec-modules='{config.codec_modules}' cannot be imported: {error}"
+    allowed = (*UPLINKS, *codecs.names())
+    if config.uplink not in allowed:
+        return (
+            f"uplink='{config.uplink}' is not known; allowed: {', '.join(allowed)} (or a codec "
+            "registered by a module of codec-modules)"
         )
     return ""
 

@@ -14,6 +14,7 @@ from flwr.clientapp.typing import Mod
 from experiment.config import ExperimentConfig, parse
 from experiment.models import build_model
 from experiment.task import Samples, client_data, compute_device, evaluate, local_train
+from mods.codec_mod import codec_mod
 from mods.fault_mod import make_fault_mod
 from mods.qsfl_mod import qsfl_mod, upload_segment
 from mods.quant_mod import quant_mod
@@ -63,6 +64,7 @@ def make_client_app(
         make_fault_mod(run_config),
         stc_mod,
         topk_mod,
+        codec_mod,
         quant_mod,
         qsfl_mod,
         *mods,

@@ -5,6 +5,7 @@ CONFIG = "config"
 METRICS = "metrics"
 
 SERVER_ROUND = "server-round"
+CODEC_MODULES = "codec-modules"  # run-config: modules that register uplink plugins
 PROXIMAL_MU = "proximal-mu"  # FedProx's entry in the train config (Flower's key)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"

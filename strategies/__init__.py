@@ -3,6 +3,7 @@
 from experiment.config import ExperimentConfig
 from experiment.recorder import Recorder
 from strategies.bandwidth_fedavg import BandwidthFedAvg
+from strategies.plugin import PluginCodec
 from strategies.qsfl import QsflFedAvg
 from strategies.quant import QuantFedAvg
 from strategies.stc import StcFedAvg
@@ -21,11 +22,12 @@ def build_strategy(config: ExperimentConfig, recorder: Recorder) -> BandwidthFed
     axes = config.axes
     if axes.selection == "qsfl":
         return QsflFedAvg(config, recorder)
-    return UPLINK_CODECS[axes.uplink](config, recorder)
+    return UPLINK_CODECS.get(axes.uplink, PluginCodec)(config, recorder)
 
 
 __all__ = [
     "BandwidthFedAvg",
+    "PluginCodec",
     "QsflFedAvg",
     "QuantFedAvg",
     "StcFedAvg",

@@ -18,6 +18,8 @@ from tests.support import ClientGrid, read_rows
 CODECS = {  # run-config of each codec on the axes
     "stc": {"uplink": "stc", "downlink": "stc"},
     "topk": {"uplink": "topk"},
+    "randomk (a plugin)": {"uplink": "randomk"},
+    "fp16 (a user's plugin)": {"uplink": "fp16", "codec-modules": "tests.fp16_codec"},
     "quant 4-bit": {"uplink": "quant", "quant.bits": 4},
     "quant progressive": {"uplink": "quant", "quant.scheme": "progressive"},
     "quant e4m3, 4-bit model down": {
@@ -105,9 +107,7 @@ def test_without_codecs_the_wrapper_gives_exactly_flowers_model(flat_config, tmp
         assert np.array_equal(wrapped[name], value), name
 
 
-def test_fedprox_mu_reaches_the_clients_and_holds_them_near_the_global_model(
-    flat_config, tmp_path
-):
+def test_fedprox_mu_reaches_the_clients_and_holds_them_near_the_global_model(flat_config, tmp_path):
     flat_config.update({"fraction-train": 1.0, "wire.layout": "compact"})
     start = {name: array.numpy() for name, array in initial_model(flat_config).items()}
 
