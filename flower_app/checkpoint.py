@@ -1,21 +1,20 @@
 """Resumable runs: a checkpoint after every round, and what resuming a killed run restores.
 
-After round r's row is written, `checkpoint.pkl` in the run folder is replaced atomically by
+After round r's row is written, `checkpoint.npz` in the run folder is replaced atomically by
 one holding the round, the global model, the strategy's state (`BandwidthFedAvg.run_state`:
 the network clock, the ledger's totals, STC's deltas, sync map and residual, ...), the round
 rows so far (for the summary) and the size of every log file. The clients' states are kept
 by round in the run folder (mods/state_mod.py). Resuming truncates each log to its size at
 the checkpoint (the half-written rows of the killed round go), drops the clients' states of
 later rounds and goes on at round r + 1. Every random stream is keyed by (seed, round,
-partition), so no generator position needs saving. The file is a pickle: resume only runs
-of your own.
+partition), so no generator position needs saving. The file holds JSON and raw arrays, no
+pickle (flower_app/safe_state.py): reading one runs no code from the folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from experiment.config import ConfigError
+from flower_app import safe_state
 from mods.state_mod import PartitionStates
 
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT = "checkpoint.npz"
 CLIENT_STATE = "client-state"  # the clients' states by partition and round (simulation)
 NOT_COMPARED = ("resume", "run-dir", "output-dir")  # keys a resumed run may set otherwise
 
@@ -48,17 +48,17 @@ class Checkpoint:
 
 def save(run_dir: Path, checkpoint: Checkpoint) -> None:
     """Write the checkpoint beside the logs, replacing the last one atomically."""
-    temporary = run_dir / f"{CHECKPOINT}.tmp"
-    with temporary.open("wb") as file:
-        pickle.dump(checkpoint, file, protocol=pickle.HIGHEST_PROTOCOL)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, run_dir / CHECKPOINT)
+    safe_state.dump(vars(checkpoint), run_dir / CHECKPOINT)
 
 
 def log_sizes(run_dir: Path) -> dict[str, int]:
-    """The size of every CSV log of the run (call after the round's rows are flushed)."""
-    return {path.name: path.stat().st_size for path in sorted(run_dir.glob("*.csv"))}
+    """The size of every CSV log of the run, its rows on disk (call after they are flushed)."""
+    sizes = {}
+    for path in sorted(run_dir.glob("*.csv")):
+        with path.open("rb") as file:
+            os.fsync(file.fileno())
+            sizes[path.name] = os.fstat(file.fileno()).st_size
+    return sizes
 
 
 def load(run_dir: Path) -> Checkpoint | None:
@@ -67,12 +67,14 @@ def load(run_dir: Path) -> Checkpoint | None:
     if not path.is_file():
         return None
     try:
-        with path.open("rb") as file:
-            return pickle.load(file)  # noqa: S301 (the user's own run folder)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
+        checkpoint = Checkpoint(**safe_state.load(path))
+        if not isinstance(checkpoint.server_round, int) or not isinstance(checkpoint.model, dict):
+            raise safe_state.StateError("its round or model is missing")
+        return checkpoint
+    except (safe_state.StateError, TypeError) as error:
         raise ConfigError(
-            f"resume=true: {path} cannot be read ({type(error).__name__}: {error}); allowed: "
-            "a checkpoint this version of the app wrote, or a new run-name"
+            f"resume=true: {path} cannot be read ({error}); allowed: a checkpoint this "
+            "version of the app wrote, or a new run-name"
         ) from None
 
 
@@ -114,6 +116,12 @@ def resume_point(run_dir: Path, settings: dict[str, Any]) -> Checkpoint | None:
     check_resumable(run_dir, settings)
     checkpoint = load(run_dir)
     sizes = checkpoint.log_sizes if checkpoint else {}
+    for log in run_dir.glob("*.csv"):
+        if log.stat().st_size < sizes.get(log.name, 0):  # truncating would pad with NULs
+            raise ConfigError(
+                f"resume=true: {log} holds {log.stat().st_size} bytes, fewer than the "
+                f"{sizes[log.name]} the checkpoint recorded; the run cannot be resumed"
+            )
     for log in run_dir.glob("*.csv"):
         if sizes.get(log.name):
             os.truncate(log, sizes[log.name])

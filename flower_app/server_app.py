@@ -152,7 +152,7 @@ def _finish(
     from flower_app.plots import write_run_plots  # matplotlib: a second, at the end only
 
     write_run_plots(run_dir)
-    shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)  # checkpoint.pkl holds the model
+    shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)  # checkpoint.npz holds the model
 
 
 def _log_start(

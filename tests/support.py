@@ -125,6 +125,37 @@ class ClientGrid(FakeGrid):
         return sorted(replies, key=lambda reply: reply.metadata.src_node_id)
 
 
+CLIENTS = 4  # of the in-process runs
+
+
+def initial_model(flat: dict) -> ArrayRecord:
+    config = parse(flat)
+    from experiment.models import build_model
+
+    return ArrayRecord(build_model(config.model, config.seed).state_dict())
+
+
+def wrapped_run(flat: dict, run_dir: Path):
+    """The rounds of the wrapper the config asks for, on the real ClientApp in process:
+    (the final model, the recorder, the strategy)."""
+    from strategies import build_strategy
+
+    recorder = Recorder(run_dir)
+    strategy = build_strategy(parse(flat), recorder)
+    grid = ClientGrid(flat, CLIENTS)
+    strategy.discover_partitions(grid)
+
+    def evaluate_fn(server_round, arrays):
+        if server_round:
+            strategy.finish_round(server_round, 0.0, 0.0)
+
+    rounds = parse(flat).num_server_rounds
+    result = strategy.start(
+        grid=grid, initial_arrays=initial_model(flat), num_rounds=rounds, evaluate_fn=evaluate_fn
+    )
+    return {name: array.numpy() for name, array in result.arrays.items()}, recorder, strategy
+
+
 def superlink_error_reply(msg: Message) -> Message:
     """The reply Flower's SuperLink makes for a message to a node whose heartbeat lapsed:
     its source is the SuperLink's own node id (create_message_error_unavailable_res_message)."""

@@ -10,8 +10,7 @@ from experiment.config import parse
 from fedcodec.checks import DecodeError
 from protocol import codecs
 from protocol.randomk import RandomK
-from tests.support import read_rows
-from tests.test_composition import wrapped_run
+from tests.support import read_rows, wrapped_run
 
 SHAPES = [(4,), (2, 3)]
 UPDATE = [
@@ -74,7 +73,7 @@ def test_a_users_plugin_module_runs_on_both_sides_with_exact_bits(flat_config, t
     )
     assert parse(flat_config).axes.uplink == "fp16"
 
-    _, recorder = wrapped_run(flat_config, tmp_path / "run")
+    _, recorder, _ = wrapped_run(flat_config, tmp_path / "run")
 
     ups = [r for r in read_rows(recorder) if r["phase"] == "train" and r["direction"] == "up"]
     assert len(ups) == 8 and {r["status"] for r in ups} == {"delivered"}

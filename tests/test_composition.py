@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord
 
 from experiment.axes import AGGREGATIONS
 from experiment.config import MODEL_PARAMETERS, ConfigError, parse
-from experiment.models import build_model
-from experiment.recorder import Recorder
-from strategies import build_strategy
 from strategies.aggregation import build_aggregation
-from tests.support import ClientGrid, read_rows
+from tests.support import CLIENTS, ClientGrid, initial_model, read_rows, wrapped_run
 
 CODECS = {  # run-config of each codec on the axes
     "stc": {"uplink": "stc", "downlink": "stc"},
@@ -32,29 +28,6 @@ CODECS = {  # run-config of each codec on the axes
     "qsfl quantized segments": {"selection": "qsfl", "uplink": "quant", "quant.bits": 4},
 }
 PARAMETERS = {"fedprox": {"aggregation.proximal-mu": 0.1}}
-CLIENTS = 4
-
-
-def initial_model(flat: dict) -> ArrayRecord:
-    config = parse(flat)
-    return ArrayRecord(build_model(config.model, config.seed).state_dict())
-
-
-def wrapped_run(flat: dict, run_dir) -> tuple[dict, Recorder]:
-    """Two rounds of the wrapper the config asks for; the final model and the logs."""
-    recorder = Recorder(run_dir)
-    strategy = build_strategy(parse(flat), recorder)
-    grid = ClientGrid(flat, CLIENTS)
-    strategy.discover_partitions(grid)
-
-    def evaluate_fn(server_round, arrays):
-        if server_round:
-            strategy.finish_round(server_round, 0.0, 0.0)
-
-    result = strategy.start(
-        grid=grid, initial_arrays=initial_model(flat), num_rounds=2, evaluate_fn=evaluate_fn
-    )
-    return {name: array.numpy() for name, array in result.arrays.items()}, recorder
 
 
 @pytest.mark.parametrize("aggregation", ["fedavg", "fedprox", "fedadam", "krum"])
@@ -70,7 +43,7 @@ def test_every_codec_composes_with_flowers_strategies(flat_config, tmp_path, agg
             parse(flat_config)
         return
 
-    model, recorder = wrapped_run(flat_config, tmp_path / "run")
+    model, recorder, _ = wrapped_run(flat_config, tmp_path / "run")
 
     assert all(np.isfinite(value).all() for value in model.values())
     assert not all(np.array_equal(value, 0) for value in model.values())
@@ -100,7 +73,7 @@ def test_without_codecs_the_wrapper_gives_exactly_flowers_model(flat_config, tmp
     )
     expected = {name: array.numpy() for name, array in result.arrays.items()}
 
-    wrapped, _ = wrapped_run(flat_config, tmp_path / "run")
+    wrapped, _, _ = wrapped_run(flat_config, tmp_path / "run")
 
     assert expected.keys() == wrapped.keys()
     for name, value in expected.items():
@@ -112,7 +85,7 @@ def test_fedprox_mu_reaches_the_clients_and_holds_them_near_the_global_model(fla
     start = {name: array.numpy() for name, array in initial_model(flat_config).items()}
 
     def moved(overrides: dict, run: str) -> float:
-        model, _ = wrapped_run(flat_config | overrides, tmp_path / run)
+        model, _, _ = wrapped_run(flat_config | overrides, tmp_path / run)
         return sum(float(np.sum((model[n] - start[n]) ** 2)) for n in start)
 
     fedavg = moved({"strategy": "fedavg"}, "fedavg")

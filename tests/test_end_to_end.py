@@ -237,8 +237,8 @@ def test_a_run_killed_with_sigkill_and_resumed_writes_an_uninterrupted_runs_logs
     first, second = (pd.read_csv(d / "rounds.csv").drop(columns="wall_s") for d in (whole, resumed))
     pd.testing.assert_frame_equal(first, second)
     assert len(first) == 7
-    assert not (resumed / "client-state").exists()  # dropped at the end: checkpoint.pkl stays
-    assert (resumed / "checkpoint.pkl").is_file()
+    assert not (resumed / "client-state").exists()  # dropped at the end: checkpoint.npz stays
+    assert (resumed / "checkpoint.npz").is_file()
 
 
 def test_a_users_own_mod_runs_inside_the_simulated_clients(tmp_path):

@@ -233,7 +233,7 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, c
 @pytest.mark.parametrize(
     ("damage", "said"),
     [
-        ("corrupt", "checkpoint.pkl cannot be read"),
+        ("corrupt", "checkpoint.npz cannot be read"),
         ("locked", "is in use by another command (pid"),
     ],
 )
@@ -248,7 +248,7 @@ def test_a_run_folder_in_use_or_with_an_unreadable_checkpoint_is_left_alone(
     unfinished = make_run(sweep.folder / "fedavg-seed1")
     checkpoint.save(unfinished, checkpoint.Checkpoint(3, 4, {}, {}, [], {}))
     if damage == "corrupt":
-        (unfinished / "checkpoint.pkl").write_bytes(b"\x80\x04garbage")
+        (unfinished / "checkpoint.npz").write_bytes(b"\x80\x04garbage")
     calls = []
     monkeypatch.setattr(simulation, "run_experiment", lambda o, n: calls.append(o))
     # Execute
