@@ -7,8 +7,9 @@ state when the codec asks for it; the generic server half (strategies/plugin.py)
 each reply and hands the models to whichever Flower strategy the run wraps. A run-config
 picks one with `uplink = "<name>"`. Both sides import this module, never Flower.
 
-Built-in plugins live in this package (protocol/randomk.py); a user's own are modules named in
-`codec-modules` (imported by the ServerApp and every ClientApp). See docs/write-a-codec.md.
+Built-in plugins live in protocol/plugins/ (randomk, qsgd, efsignsgd, fp16, bf16); a user's
+own are modules named in `codec-modules` (imported by the ServerApp and every ClientApp). See
+docs/write-a-codec.md.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import numpy as np
 
 from fedcodec.encoded import Encoded
 
-BUILT_IN = ("protocol.randomk",)  # modules whose codecs are always registered
+BUILT_IN = tuple(  # modules whose codecs are always registered
+    f"protocol.plugins.{name}" for name in ("randomk", "qsgd", "signs", "half")
+)
 RESERVED = ("none", "stc", "topk", "quant", "segments")  # built into the mods and strategies
 
 _REGISTRY: dict[str, UplinkCodec] = {}

@@ -15,7 +15,10 @@ CODECS = {  # run-config of each codec on the axes
     "stc": {"uplink": "stc", "downlink": "stc"},
     "topk": {"uplink": "topk"},
     "randomk (a plugin)": {"uplink": "randomk"},
-    "fp16 (a user's plugin)": {"uplink": "fp16", "codec-modules": "tests.fp16_codec"},
+    "qsgd (a plugin)": {"uplink": "qsgd"},
+    "efsignsgd (a plugin)": {"uplink": "efsignsgd"},
+    "bf16 (a plugin)": {"uplink": "bf16"},
+    "absmax8 (a user's plugin)": {"uplink": "absmax8", "codec-modules": "tests.user_codec"},
     "quant 4-bit": {"uplink": "quant", "quant.bits": 4},
     "quant progressive": {"uplink": "quant", "quant.scheme": "progressive"},
     "quant e4m3, 4-bit model down": {

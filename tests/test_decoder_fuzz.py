@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fedcodec import quant, stc, topk
 from fedcodec.checks import DecodeError
 from fedcodec.quant import QuantSpec
+from protocol import codecs
 from protocol.qsfl import decode_segment, encode_segment
 
 SHAPES = [(4, 25), (5,)]
@@ -42,6 +43,12 @@ def cases() -> dict[str, tuple[dict, callable, list]]:
         found[spec.label] = (
             quant.encode(tensors(), spec).arrays,
             lambda a, spec=spec: quant.decode_arrays(a, SHAPES, spec)[0],
+        )
+    for name in codecs.names():  # the plugins
+        codec = codecs.registered(name)
+        found[name] = (
+            codec.encode(tensors(), np.random.default_rng(0)).arrays,
+            lambda a, codec=codec: codec.decode(a, SHAPES)[0],
         )
     segment = np.linspace(-1, 1, SEGMENT, dtype=np.float32)
     for name, top_p in (("segment", 1.0), ("segment-topk", 0.25)):
