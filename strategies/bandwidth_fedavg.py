@@ -203,7 +203,7 @@ class BandwidthFedAvg(Strategy):
         if reply.has_error():
             log(WARNING, "node %s failed: %s", node_id, reply.error.reason)
             return "failed"
-        problem = self.frame_problem(self.upload_phase, reply_sizes) or self._problem_in(reply)
+        problem = self.frame_problem(self.upload_phase, reply_sizes) or self.update_problem(reply)
         if problem:
             log(WARNING, "node %s: update left out (%s)", node_id, problem)
             return "rejected"
@@ -247,7 +247,7 @@ class BandwidthFedAvg(Strategy):
         """Status of a well-formed update: `delivered`, or `partial` when only part is used."""
         return "delivered"
 
-    def _problem_in(self, reply: Message) -> str:
+    def update_problem(self, reply: Message) -> str:
         """What is wrong with a reply's content ("" when it is a usable dense update)."""
         content = reply.content
         if not has_update_records(content):

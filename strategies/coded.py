@@ -66,7 +66,7 @@ class CodedFedAvg(BandwidthFedAvg):
         """The next global model, given the wrapped strategy's; here that one."""
         return aggregated
 
-    def _problem_in(self, reply: Message) -> str:
+    def update_problem(self, reply: Message) -> str:
         """Decode the reply (its facts kept when usable); what is wrong with it, if any."""
         if not has_update_records(reply.content):
             return UPDATE_RECORDS

@@ -138,7 +138,7 @@ class StcFedAvg(CodedFedAvg):
             f"{describe_version(self._version)}: the dense model follows"
         )
 
-    def _problem_in(self, reply: Message) -> str:
+    def update_problem(self, reply: Message) -> str:
         """A reply from another model is left out; the others lose their `MODEL` metric (the
         ledger measured it) and are checked as any update."""
         stale = self._stale.get(self._partition(reply))
@@ -146,7 +146,7 @@ class StcFedAvg(CodedFedAvg):
             return stale
         metrics = reply.content.metric_records.get(keys.METRICS, MetricRecord())
         metrics.pop(keys.MODEL, None)
-        return super()._problem_in(reply)
+        return super().update_problem(reply)
 
     def decode_update(
         self, server_round: int, partition_id: int, arrays: dict[str, np.ndarray]
